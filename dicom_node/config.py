@@ -1,0 +1,182 @@
+"""Typed node configuration: ``config.yaml`` plus ``ICH_`` environment overrides.
+
+Loaded once in the entry point and passed down; modules never read the environment.
+Unknown keys are rejected (``extra="forbid"``) so a typo in an admin's file stops
+start-up instead of silently using a default. Relative paths resolve against the
+folder of the config file, so a node can be started from any working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dicom_node.errors import ConfigError
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM PS3.5 AE VR: no backslash
+
+
+def _check_ae(value: str) -> str:
+    if not _AE_RE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable ASCII characters without backslash (DICOM AE)")
+    return value.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Section):
+    """The AE we present to PACS and how associations are accepted."""
+
+    ae_title: str = "ICHNODE"
+    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the hospital's PACS
+    port: int = Field(11112, ge=0, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    require_called_aet: bool = True
+    max_associations: int = Field(16, ge=1, le=1024)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    max_pdu_size: int = Field(262144, ge=0)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, value: list[str]) -> list[str]:
+        return [_check_ae(v) for v in value]
+
+
+class StorageSection(_Section):
+    """Where received instances live and how much disk they may take."""
+
+    spool_dir: Path = Path("var/spool")
+    index_db: Path = Path("var/index.sqlite")
+    jobs_db: Path = Path("var/jobs.sqlite")
+    min_free_disk_mb: int = Field(1024, ge=0)
+    max_spool_gb: float = Field(100, gt=0)
+    retention_days: float = Field(7, gt=0)
+
+
+class StudySection(_Section):
+    """When a study counts as complete: no new instance for ``quiet_seconds``."""
+
+    quiet_seconds: float = Field(30, ge=0)
+
+
+class InferenceSection(_Section):
+    """Which checkpoint runs, and where."""
+
+    checkpoint: Path = Path("var/models/demo.pt")
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    slice_chunk: int = Field(32, ge=1, description="slices per backbone forward pass")
+    amp: bool = True
+
+
+class Destination(_Section):
+    """A PACS (or any Storage SCP) that receives our results."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    send: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
+    max_attempts: int = Field(8, ge=1)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class WebSection(_Section):
+    """The worklist page and metrics endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class LoggingSection(_Section):
+    """Log level and the key that pseudonymises study identifiers in logs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    hash_key: str = "change-me-per-site"
+
+
+class Settings(BaseSettings):
+    """The whole node configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="ICH_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    study: StudySection = Field(default_factory=StudySection)
+    inference: InferenceSection = Field(default_factory=InferenceSection)
+    destinations: list[Destination] = Field(
+        default_factory=lambda: [
+            Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)
+        ]
+    )
+    web: WebSection = Field(default_factory=WebSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file, which is passed as init kwargs.
+        return (env_settings, init_settings)
+
+    def resolve(self, path: Path) -> Path:
+        """A configured path, made absolute against the config file's folder."""
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"{key}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read ``path`` (or only the embedded defaults) and apply ``ICH_*`` overrides.
+
+    Raises :class:`ConfigError` naming each bad key and what was expected.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+        base = Path(path).resolve().parent
+    try:
+        return Settings(**data, base_dir=base)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from exc

@@ -1,0 +1,1 @@
+"""Training package: data readers, fit, evaluate, export (reproduces the CNN-LSTM ICH paper)."""
