@@ -86,7 +86,7 @@ class Destination(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
-    send: list[Literal["sr", "sc"]] = Field(default_factory=lambda: ["sr", "sc"])
+    send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
     max_attempts: int = Field(8, ge=1)
 
     _ae = field_validator("ae_title")(_check_ae)
@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     )
     web: WebSection = Field(default_factory=WebSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
-    base_dir: Path = Field(default=Path("."), exclude=True)
+    base_dir: Path = Field(default=Path(), exclude=True)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,45 @@
+# Two commands matter: `make demo` (the main job) and `make test` (every check CI runs).
+# Both build the environment when it is missing; nothing else needs to be installed by hand.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBS   := dcmtk orthanc dicom3tools
+# torch/torchvision are pinned to the releases this project is tested with; the node also
+# runs on torch 2.11 / torchvision 0.26 (pyproject.toml allows them).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv debs test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests use as real peers: dcmtk (storescu/storescp/dcmcjpeg...),
+# Orthanc (a real PACS) and dicom3tools (dciodvfy, the DICOM validator).
+debs:
+	@if [ -x /usr/bin/storescu ] && [ -x /usr/bin/dciodvfy ] && [ -x /usr/sbin/Orthanc ]; then :; else \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS); \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv debs lint
+	$(BIN)/pytest
+
+demo: venv debs
+	$(BIN)/python -m dicom_node.demo
+
+clean:
+	rm -rf var/demo

@@ -1,0 +1,59 @@
+"""Offline classification of DICOM files on disk: ``dicom-node classify PATH``.
+
+The same steps the worker runs on a received study (series choice, read, predict),
+without any network, so a radiologist or admin can check a study by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.dicom_io import iter_dicom_files, read_series, scan_headers
+from models.errors import ModelsError
+from models.predict import Predictor, SeriesPrediction
+from models.series_choice import choose_series, group_by_study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """One study's outcome: a prediction, or the reason it was skipped."""
+
+    study_uid: str
+    series_uid: str | None
+    n_slices: int
+    prediction: SeriesPrediction | None
+    skipped: str | None
+
+    def to_json(self, top_k: int = 5) -> dict[str, Any]:
+        return {
+            "study_uid": self.study_uid,
+            "series_uid": self.series_uid,
+            "n_slices": self.n_slices,
+            "findings": self.prediction.findings() if self.prediction else None,
+            "top_slices": self.prediction.top_slices(top_k) if self.prediction else [],
+            "skipped": self.skipped,
+        }
+
+
+def classify_path(path: Path, predictor: Predictor) -> Iterator[StudyResult]:
+    """Classify every study found under ``path`` (a file or a folder), one at a time."""
+    scan = scan_headers(iter_dicom_files(path))
+    for study_uid, headers in group_by_study(scan.headers).items():
+        choice = choose_series(headers)
+        if not choice.eligible or choice.chosen is None:
+            yield StudyResult(study_uid, None, 0, None, choice.reason)
+            continue
+        try:
+            series = read_series(choice.headers)
+            pred = predictor(series)
+        except ModelsError as exc:
+            log.warning("classify.failed", extra={"error": str(exc)})
+            yield StudyResult(study_uid, choice.chosen.series_uid, 0, None, f"failed: {exc}")
+            continue
+        yield StudyResult(study_uid, series.series_uid, series.n_slices, pred, None)

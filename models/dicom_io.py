@@ -1,0 +1,395 @@
+"""DICOM files -> headers -> one series in Hounsfield units, in anatomical slice order.
+
+Two passes on purpose: :func:`scan_headers` reads only the tags that series choice needs
+(``stop_before_pixels``), so a study with a 600-slice bone series costs little; then
+:func:`read_series` decodes pixels of the one chosen series.
+
+HU = stored value x RescaleSlope + RescaleIntercept (DICOM PS3.3 C.11.1.1.2). Some RSNA
+2019 files declare unsigned 12-bit pixels that are really signed, so air comes out
+near +3000 HU; :func:`stored_to_hu` detects that from the values and wraps them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from models.errors import SeriesError
+
+log = logging.getLogger(__name__)
+
+#: Tags read by :func:`scan_headers`. Reading a subset keeps a scan of 1,000 files fast.
+HEADER_TAGS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ImageType",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "InstanceNumber",
+    "ConvolutionKernel",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "ContrastBolusAgent",
+    "NumberOfFrames",
+    "SeriesNumber",
+)
+
+_NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+#: Positions closer than this along the slice normal are the same slice (mm).
+DUPLICATE_TOLERANCE_MM = 0.01
+#: Plausible CT range; a header-correct CT never leaves it by much.
+HU_MIN, HU_MAX = -1024.0, 4095.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """The header fields of one instance that series choice and ordering need."""
+
+    path: Path
+    sop_class_uid: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    rows: int
+    columns: int
+    instance_number: int | None
+    kernel: str
+    description: str
+    body_part: str
+    contrast: str
+    frames: int
+    series_number: int | None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, path: Path) -> InstanceHeader:
+        """Build from a (possibly pixel-less) dataset; raises ``SeriesError`` on missing UIDs."""
+        try:
+            study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        except AttributeError as exc:
+            raise SeriesError(f"{path.name}: missing Study/Series/SOP Instance UID") from exc
+        return cls(
+            path=path,
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            sop_uid=str(sop),
+            study_uid=str(study),
+            series_uid=str(series),
+            modality=str(ds.get("Modality", "")).upper(),
+            image_type=tuple(str(v).upper() for v in _multi(ds.get("ImageType"))),
+            position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            slice_thickness=_float(ds.get("SliceThickness")),
+            rows=int(ds.get("Rows") or 0),
+            columns=int(ds.get("Columns") or 0),
+            instance_number=_int(ds.get("InstanceNumber")),
+            kernel=" ".join(str(v) for v in _multi(ds.get("ConvolutionKernel"))).upper(),
+            description=str(ds.get("SeriesDescription", "")),
+            body_part=str(ds.get("BodyPartExamined", "")).upper(),
+            contrast=str(ds.get("ContrastBolusAgent", "")).strip(),
+            frames=int(ds.get("NumberOfFrames") or 1),
+            series_number=_int(ds.get("SeriesNumber")),
+        )
+
+
+def _multi(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload,no-any-return]
+    except TypeError:
+        return [value]
+
+
+def _float(value: object) -> float | None:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: object, n: int) -> tuple[float, ...] | None:
+    items = _multi(value)
+    if len(items) != n:
+        return None
+    out = tuple(_float(v) for v in items)
+    if any(v is None for v in out):
+        return None
+    return tuple(v for v in out if v is not None)
+
+
+def iter_dicom_files(root: Path | Iterable[Path]) -> list[Path]:
+    """All regular files under ``root`` (a file, a folder, or a list of either), sorted."""
+    roots = [root] if isinstance(root, Path) else list(root)
+    found: list[Path] = []
+    for r in roots:
+        if r.is_dir():
+            found.extend(p for p in r.rglob("*") if p.is_file())
+        elif r.is_file():
+            found.append(r)
+    return sorted(found)
+
+
+@dataclass
+class ScanResult:
+    """Headers of all readable instances, plus a count of files that were not DICOM."""
+
+    headers: list[InstanceHeader] = field(default_factory=list)
+    unreadable: list[Path] = field(default_factory=list)
+
+
+def scan_headers(paths: Iterable[Path]) -> ScanResult:
+    """Read the header tags of each file; files that are not DICOM are listed, not raised."""
+    result = ScanResult()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+            result.headers.append(InstanceHeader.from_dataset(ds, path))
+        except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
+            result.unreadable.append(path)
+    if result.unreadable:
+        log.info("scan.unreadable", extra={"n": len(result.unreadable)})
+    return result
+
+
+def slice_normal(orientation: Sequence[float]) -> NDArray[np.float64]:
+    """Unit normal of an image plane from ImageOrientationPatient (row x column cosines).
+
+    Oriented towards the patient's head (+z in the DICOM patient system, PS3.3
+    C.7.6.2.1.1), so that sorting by it yields inferior -> superior whatever the
+    scanner's direction (head-first, feet-first, reversed numbering).
+    """
+    row = np.asarray(orientation[:3], dtype=np.float64)
+    col = np.asarray(orientation[3:6], dtype=np.float64)
+    normal = np.cross(row, col)
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-6:
+        raise SeriesError("ImageOrientationPatient row and column cosines are parallel")
+    normal /= norm
+    if normal[2] < 0:
+        normal = -normal
+    return normal
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedSlices:
+    """Slices of one series in anatomical order, duplicates removed."""
+
+    headers: list[InstanceHeader]
+    positions_mm: NDArray[np.float64]
+    duplicates_dropped: int
+
+
+def order_slices(headers: Sequence[InstanceHeader]) -> OrderedSlices:
+    """Sort by position along the slice normal; drop slices at a position already seen.
+
+    Falls back to InstanceNumber only when no slice has a position (then duplicates
+    cannot be detected). Raises ``SeriesError`` for mixed orientations or missing data.
+    """
+    if not headers:
+        raise SeriesError("series has no instances")
+    with_pos = [h for h in headers if h.position is not None and h.orientation is not None]
+    if not with_pos:
+        if any(h.instance_number is None for h in headers):
+            raise SeriesError("slices carry neither ImagePositionPatient nor InstanceNumber")
+        ordered = sorted(headers, key=lambda h: (h.instance_number or 0, h.sop_uid))
+        return OrderedSlices(ordered, np.arange(len(ordered), dtype=np.float64), 0)
+    if len(with_pos) != len(headers):
+        raise SeriesError(
+            f"{len(headers) - len(with_pos)} of {len(headers)} slices lack position or orientation"
+        )
+    ref = with_pos[0].orientation
+    assert ref is not None
+    for h in with_pos[1:]:
+        if not np.allclose(np.asarray(h.orientation), np.asarray(ref), atol=1e-3):
+            raise SeriesError("slices of the series have different ImageOrientationPatient")
+    normal = slice_normal(ref)
+    pos = np.array([np.dot(normal, h.position) for h in with_pos])  # type: ignore[arg-type]
+    order = np.lexsort((np.array([h.sop_uid for h in with_pos]), pos))
+    kept: list[int] = []
+    for i in order:
+        if kept and abs(pos[i] - pos[kept[-1]]) < DUPLICATE_TOLERANCE_MM:
+            continue
+        kept.append(int(i))
+    dropped = len(with_pos) - len(kept)
+    if dropped:
+        log.info("series.duplicates_dropped", extra={"n": dropped})
+    return OrderedSlices([with_pos[i] for i in kept], pos[kept], dropped)
+
+
+def _raw_pixels(ds: Dataset) -> NDArray[np.integer] | NDArray[np.floating]:
+    """Stored values of a single-frame monochrome image.
+
+    Native little-endian 16-bit data is read straight from the buffer (pydicom's generic
+    pixel pipeline costs more than the decode itself for uncompressed CT); everything
+    else goes through ``pixel_array`` and whichever decoder plugin is installed.
+    """
+    if "PixelData" not in ds:
+        raise SeriesError("instance has no pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise SeriesError("instance is not monochrome (SamplesPerPixel != 1)")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    bits_alloc = int(ds.get("BitsAllocated", 16))
+    bits_stored = int(ds.get("BitsStored", bits_alloc))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts in _NATIVE_LE and bits_alloc == 16 and int(ds.get("NumberOfFrames") or 1) == 1:
+        buf = ds.PixelData
+        if len(buf) < rows * cols * 2:
+            raise SeriesError("pixel data is shorter than Rows x Columns")
+        raw = np.frombuffer(buf, dtype="<i2" if signed else "<u2", count=rows * cols)
+        raw = raw.reshape(rows, cols)
+        if bits_stored < 16:
+            shift = 16 - bits_stored
+            if signed:
+                raw = (raw << shift) >> shift  # sign-extend from bit BitsStored-1
+            else:
+                raw = raw & ((1 << bits_stored) - 1)
+        return raw
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # decoder plugins raise anything; translated here
+        raise SeriesError(f"pixel data cannot be decoded: {type(exc).__name__}") from exc
+    if arr.ndim != 2:
+        raise SeriesError(f"expected one 2D frame, got pixel array of shape {arr.shape}")
+    return arr
+
+
+def stored_to_hu(
+    ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]
+) -> NDArray[np.float32]:
+    """Apply slope/intercept, correcting the RSNA mis-declared signedness first.
+
+    The quirk: PixelRepresentation 0 (unsigned), intercept near 0, yet stored values
+    above ``2**BitsStored - 1000`` occur: they are two's-complement negatives (air).
+    Wrapping them by ``2**BitsStored`` restores -1000 HU air; values below stay as is.
+    """
+    slope = _float(ds.get("RescaleSlope")) or 1.0
+    intercept = _float(ds.get("RescaleIntercept"))
+    intercept = 0.0 if intercept is None else intercept
+    hu = raw.astype(np.float32)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if not signed and intercept > -100 and raw.dtype.kind in "ui":
+        bits = int(ds.get("BitsStored", 16))
+        modulus = float(1 << bits)
+        wrap_at = modulus - 1000.0
+        high = hu >= wrap_at
+        if high.any():
+            hu[high] -= modulus
+    if slope != 1.0:
+        hu *= slope
+    if intercept != 0.0:
+        hu += intercept
+    lo, hi = float(hu.min()), float(hu.max())
+    if lo < -10000 or hi > 40000:
+        raise SeriesError(f"implausible CT values after rescale ({lo:.0f}..{hi:.0f} HU)")
+    np.clip(hu, HU_MIN, HU_MAX, out=hu)
+    return hu
+
+
+def was_quirk_corrected(ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]) -> bool:
+    """True when :func:`stored_to_hu` would wrap values of this image (for counting)."""
+    if int(ds.get("PixelRepresentation", 0)) == 1 or raw.dtype.kind not in "ui":
+        return False
+    intercept = _float(ds.get("RescaleIntercept")) or 0.0
+    bits = int(ds.get("BitsStored", 16))
+    return intercept > -100 and bool((raw >= (1 << bits) - 1000).any())
+
+
+@dataclass(frozen=True)
+class CTSeries:
+    """One series as HU, inferior -> superior, with the identity of every slice."""
+
+    study_uid: str
+    series_uid: str
+    sop_uids: list[str]
+    hu: NDArray[np.float32]  # (Z, H, W)
+    positions_mm: NDArray[np.float64]
+    pixel_spacing: tuple[float, float] | None
+    duplicates_dropped: int
+    quirk_corrected: int
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.hu.shape[0])
+
+
+def read_series(headers: Sequence[InstanceHeader]) -> CTSeries:
+    """Decode the instances of one series to HU in anatomical order.
+
+    Raises :class:`SeriesError` when instances are not CT images, carry no pixels, have
+    different Rows/Columns, or cannot be decoded. Messages name counts, never patients.
+    """
+    if not headers:
+        raise SeriesError("series has no instances")
+    series_uids = {h.series_uid for h in headers}
+    if len(series_uids) != 1:
+        raise SeriesError(f"instances belong to {len(series_uids)} series, expected one")
+    not_ct = sum(1 for h in headers if h.modality != "CT")
+    if not_ct:
+        raise SeriesError(f"{not_ct} of {len(headers)} instances are not CT")
+    sizes = {(h.rows, h.columns) for h in headers}
+    if len(sizes) != 1:
+        raise SeriesError(f"slices have different sizes: {sorted(sizes)}")
+    ordered = order_slices(headers)
+    rows, cols = sizes.pop()
+    if rows == 0 or cols == 0:
+        raise SeriesError("instances carry no Rows/Columns")
+    hu = np.empty((len(ordered.headers), rows, cols), dtype=np.float32)
+    quirks = 0
+    for i, h in enumerate(ordered.headers):
+        try:
+            ds = pydicom.dcmread(h.path)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise SeriesError(f"slice {i + 1} ({h.path.name}) cannot be read") from exc
+        raw = _raw_pixels(ds)
+        if raw.shape != (rows, cols):
+            raise SeriesError(f"slice {i + 1} pixel array {raw.shape} != ({rows}, {cols})")
+        if was_quirk_corrected(ds, raw):
+            quirks += 1
+        hu[i] = stored_to_hu(ds, raw)
+    if quirks:
+        log.info("series.pixel_quirk_corrected", extra={"n": quirks})
+    first = ordered.headers[0]
+    return CTSeries(
+        study_uid=first.study_uid,
+        series_uid=first.series_uid,
+        sop_uids=[h.sop_uid for h in ordered.headers],
+        hu=hu,
+        positions_mm=ordered.positions_mm,
+        pixel_spacing=first.pixel_spacing,
+        duplicates_dropped=ordered.duplicates_dropped,
+        quirk_corrected=quirks,
+    )

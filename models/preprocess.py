@@ -1,0 +1,112 @@
+"""Tensor preprocessing: CT windows, resize, ImageNet normalisation.
+
+Three windows (METHOD.md): brain 40/80, subdural 75/215, bone 600/2800 (level/width).
+Each clips HU to ``[L - W/2, L + W/2]`` and scales linearly to ``[0, 1]``; the three
+become the channels of an RGB-like image so ImageNet-pretrained backbones can be used.
+Each step is a separate function because training caches windowed uint8 slices and
+resizes/normalises later, while the node runs all steps at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A display window in HU: level (centre) and width."""
+
+    name: str
+    level: float
+    width: float
+
+    @property
+    def low(self) -> float:
+        return self.level - self.width / 2.0
+
+    @property
+    def high(self) -> float:
+        return self.level + self.width / 2.0
+
+
+DEFAULT_WINDOWS: tuple[Window, ...] = (
+    Window("brain", 40.0, 80.0),
+    Window("subdural", 75.0, 215.0),
+    Window("bone", 600.0, 2800.0),
+)
+
+#: torchvision's ImageNet statistics, which every pretrained backbone here expects.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def apply_windows(
+    hu: NDArray[np.floating] | NDArray[np.integer],
+    windows: Sequence[Window] = DEFAULT_WINDOWS,
+) -> NDArray[np.float32]:
+    """HU ``(..., H, W)`` -> float32 ``(..., C, H, W)`` in ``[0, 1]``, one channel per window."""
+    arr = np.asarray(hu, dtype=np.float32)
+    out = np.empty((*arr.shape[:-2], len(windows), *arr.shape[-2:]), dtype=np.float32)
+    for c, w in enumerate(windows):
+        dst = out[..., c, :, :]
+        np.subtract(arr, w.low, out=dst)
+        dst *= 1.0 / w.width
+        np.clip(dst, 0.0, 1.0, out=dst)
+    return out
+
+
+def apply_windows_uint8(
+    hu: NDArray[np.floating] | NDArray[np.integer],
+    windows: Sequence[Window] = DEFAULT_WINDOWS,
+) -> NDArray[np.uint8]:
+    """Like :func:`apply_windows` but quantised to uint8 (0..255) for compact caches."""
+    arr = apply_windows(hu, windows)
+    arr *= 255.0
+    arr += 0.5
+    return arr.astype(np.uint8)
+
+
+def windows_torch(hu: torch.Tensor, windows: Sequence[Window] = DEFAULT_WINDOWS) -> torch.Tensor:
+    """Torch version of :func:`apply_windows` (runs on the model's device)."""
+    chans = [((hu - w.low) / w.width).clamp_(0.0, 1.0) for w in windows]
+    return torch.stack(chans, dim=-3)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` to ``(N, C, size, size)`` with antialiased bilinear filtering.
+
+    Antialiasing matters when shrinking 512 -> 256: without it thin bleeds alias away.
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
+    """Subtract ImageNet mean and divide by std, per channel, on ``(..., 3, H, W)``."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def hu_to_model_input(
+    hu: NDArray[np.floating] | NDArray[np.integer] | torch.Tensor,
+    size: int,
+    windows: Sequence[Window] = DEFAULT_WINDOWS,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """HU ``(Z, H, W)`` -> normalised float32 ``(Z, 3, size, size)`` on ``device``.
+
+    Windowing and resizing run on ``device`` so a GPU node does not spend CPU on them.
+    """
+    t = hu if isinstance(hu, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(hu))
+    t = t.to(device=device, dtype=torch.float32, non_blocking=True)
+    x = windows_torch(t, windows)
+    x = resize(x, size)
+    return normalize_imagenet(x)
