@@ -1,0 +1,5 @@
+"""``python -m train`` entry point."""
+
+from train.cli import main
+
+main()
