@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydicom.uid import generate_uid
 
 from models import __version__ as CODE_VERSION
 from models.errors import CheckpointError
@@ -126,6 +125,16 @@ class LoadedCheckpoint:
     sha256: str
 
 
+def uid_from_text(*parts: str) -> str:
+    """A DICOM UID under the 2.25 root derived from text (PS3.5 B.2, UUID-derived form).
+
+    The first 128 bits of SHA-256 of the parts, as a decimal integer: deterministic,
+    so the same inputs always give the same UID, and at most 44 characters.
+    """
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
+
+
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over parameter names and bytes: the identity of the weights themselves."""
     h = hashlib.sha256()
@@ -133,7 +142,7 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
         t = state[key].detach().cpu().contiguous()
         h.update(key.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -145,7 +154,7 @@ def save_checkpoint(path: Path, model: CNNLSTM, meta: CheckpointMeta) -> Checkpo
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = state_digest(state)
-    uid = generate_uid(prefix=None, entropy_srcs=[digest, meta.name])
+    uid = uid_from_text(digest, meta.name)
     stamped = CheckpointMeta(
         **{
             **meta.__dict__,
