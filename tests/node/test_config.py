@@ -62,7 +62,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 
 def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ICH_NODE__PORT", "not-a-port")
-    with pytest.raises(ConfigError, match="node.port"):
+    with pytest.raises(ConfigError, match=r"node\.port"):
         load_settings(None)
 
 
