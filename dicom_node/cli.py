@@ -88,6 +88,105 @@ def classify(
         out.print(f"no DICOM studies found under {path}")
 
 
+@app.command()
+def serve(config: ConfigOpt = None) -> None:
+    """Receive studies (C-STORE SCP) until SIGTERM or SIGINT, then stop cleanly."""
+    from dicom_node.logs import setup_logging
+    from dicom_node.service import Service
+
+    settings = _settings(config)
+    setup_logging(settings.logging.level)
+    service = Service(settings, config)
+    try:
+        service.start()
+    except (NodeError, OSError) as exc:
+        err.print(f"[red]error:[/red] cannot start: {exc}")
+        service.stop(grace_s=0)
+        raise typer.Exit(1) from exc
+    sys.stdout.write(
+        f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}\n"
+    )
+    sys.stdout.flush()
+    service.serve_until_signal()
+
+
+@app.command()
+def studies(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON array")] = False,
+    state: Annotated[list[str] | None, typer.Option(help="only these states")] = None,
+) -> None:
+    """List the studies in the index with state, counts, times and reasons."""
+    from dicom_node.index import Index, iso
+
+    settings = _settings(config)
+    try:
+        index = Index(settings.resolve(settings.storage.index_db))
+        rows = index.studies(tuple(state or ()))
+        index.close()
+    except NodeError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        sys.stdout.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        return
+    table = Table(title=f"{len(rows)} studies")
+    for col in ("study", "state", "series", "instances", "first received", "last received",
+                "reason"):  # fmt: skip
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.study_uid, r.state, str(r.series), str(r.instances),
+                      iso(r.first_received), iso(r.last_received), r.reason or "")  # fmt: skip
+    Console().print(table)
+
+
+@app.command()
+def echo(
+    host: Annotated[str, typer.Argument(help="peer host")],
+    port: Annotated[int, typer.Argument(help="peer DICOM port")],
+    aet: Annotated[str, typer.Argument(help="peer AE title (called AE)")],
+    calling_aet: Annotated[str, typer.Option("--calling-aet", help="our AE title")] = "ICHNODE",
+    timeout: Annotated[float, typer.Option(help="seconds")] = 30.0,
+) -> None:
+    """C-ECHO a DICOM peer (exit 0 on Success)."""
+    from dicom_node.logs import quiet_pynetdicom
+    from dicom_node.scp import echo as do_echo
+
+    quiet_pynetdicom()
+    status = do_echo(host, port, aet, calling_aet=calling_aet, timeout_s=timeout)
+    if status is None:
+        err.print(f"[red]echo failed:[/red] no association with {aet}@{host}:{port}")
+        raise typer.Exit(1)
+    if status != 0:
+        err.print(f"[red]echo failed:[/red] status 0x{status:04X}")
+        raise typer.Exit(1)
+    sys.stdout.write(f"echo {aet}@{host}:{port}: success\n")
+
+
+@app.command()
+def reindex(config: ConfigOpt = None) -> None:
+    """Rebuild the study index from the spool files alone (run with the node stopped)."""
+    from dicom_node.index import Index
+    from dicom_node.logs import setup_logging
+    from dicom_node.spool import Spool
+    from dicom_node.spool import reindex as do_reindex
+
+    settings = _settings(config)
+    setup_logging(settings.logging.level)
+    st = settings.storage
+    try:
+        index = Index(settings.resolve(st.index_db))
+        spool = Spool(settings.resolve(st.spool_dir), index, min_free_mb=st.min_free_disk_mb,
+                      max_spool_gb=st.max_spool_gb)  # fmt: skip
+        n = do_reindex(spool)
+        n_studies = len(index.studies())
+        index.close()
+    except NodeError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    sys.stdout.write(f"reindexed {n} instances in {n_studies} studies\n")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

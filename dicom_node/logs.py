@@ -1,0 +1,87 @@
+"""Logging for the node: one ``key=value`` line per event, pseudonymous study names.
+
+Why key=value: log shippers (journald, Loki, Splunk) index ``k=v`` pairs without a
+schema, and a person can still read a line. The message is an event name
+(``store.ok``); fields come from ``extra``. Patient data never enters a log line: a
+study is named by :func:`study_key`, a keyed hash, so an admin can follow one study
+through the log without the log revealing which patient it was.
+
+pynetdicom logs UIDs and whole identifiers at DEBUG and (by default) request
+identifiers; :func:`setup_logging` keeps its logger at INFO and turns that off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import sys
+import time
+from typing import Final, TextIO
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD: Final = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
+) | {"message", "asctime", "taskName"}
+
+
+def study_key(uid: str, key: str) -> str:
+    """A 12-hex-digit keyed hash (HMAC-SHA256) naming a study in logs.
+
+    Keyed, so that someone who knows a study UID but not the site's ``logging.hash_key``
+    cannot confirm that the study passed through this node.
+    """
+    return hmac.new(key.encode(), uid.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\n\t'):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=... logger=... event=... k=v ...``, with the ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname}",
+            f"logger={record.name}",
+            f"event={_quote(record.getMessage())}",
+        ]
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                parts.append(f"{name}={_quote(value)}")
+        if record.exc_info and record.exc_info[0] is not None:
+            # The exception's type only: messages of third-party errors may quote values
+            # read from a dataset (a patient name in a pydicom ValueError, for instance).
+            parts.append(f"exc_type={record.exc_info[0].__name__}")
+        return " ".join(parts)
+
+
+def quiet_pynetdicom() -> None:
+    """Keep pynetdicom's logger at INFO (its DEBUG carries UIDs) and identifiers out."""
+    from pynetdicom import _config
+
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # The "standard" handlers decode and log every PDU at DEBUG: costly per image and
+    # UID-bearing; "none" leaves them unbound.
+    _config.LOG_HANDLER_LEVEL = "none"
+    logging.getLogger("pynetdicom").setLevel(logging.INFO)
+
+
+def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> logging.Handler:
+    """Install one key=value handler on the root logger; returns it (tests remove it)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    quiet_pynetdicom()
+    # APScheduler logs job names with their arguments (study UIDs) at INFO.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return handler

@@ -1,0 +1,143 @@
+"""Durable timers: a study's completion deadline and the retention sweep, via APScheduler.
+
+Why a persistent job store: a node restarted mid-study must still complete that study
+on time. Jobs live in an SQLAlchemy job store (``storage.jobs_db``, its own SQLite file,
+so that job-store writes never wait on the C-STORE path's index lock). A job whose run
+time passed while the node was down runs at start-up: ``misfire_grace_time=None``
+(never too late) and ``coalesce=True`` (once, however many runs were missed).
+
+Jobs name a module-level function by its text reference and carry only the study UID
+and the runtime key (the config path): they must unpickle in a new process, where no
+object of the old one exists.
+
+Debounce: rewriting the job row for every image of a 500-slice study would cost more
+than storing the image. :meth:`StudyScheduler.notify` rewrites it at most once per
+``debounce_s`` per study; the job itself re-reads the study's last arrival and moves its
+own deadline when images came later (see :func:`dicom_node.assembly.run_complete_job`),
+so no study completes before ``last instance + quiet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+
+log = logging.getLogger(__name__)
+
+COMPLETE_FUNC: Final = "dicom_node.assembly:run_complete_job"
+RETENTION_FUNC: Final = "dicom_node.assembly:run_retention_job"
+RETENTION_JOB_ID: Final = "retention"
+
+
+def complete_job_id(study_uid: str) -> str:
+    return f"complete:{study_uid}"
+
+
+class StudyScheduler:
+    """Completion deadlines per study, kept in ``jobs_db`` across restarts."""
+
+    def __init__(
+        self,
+        jobs_db: Path,
+        *,
+        quiet_seconds: float,
+        runtime_key: str,
+        debounce_s: float = 1.0,
+        workers: int = 2,
+    ) -> None:
+        self.quiet_seconds = quiet_seconds
+        self.runtime_key = runtime_key
+        self.debounce_s = debounce_s
+        jobs_db.parent.mkdir(parents=True, exist_ok=True)
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{jobs_db}")},
+            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            job_defaults={
+                "coalesce": True,
+                "misfire_grace_time": None,  # run however late: the node may have been down
+                # Several runs of one study's job may overlap (a job moving its own
+                # deadline); the index's guarded update makes that safe.
+                "max_instances": 64,
+            },
+            timezone=UTC,
+        )
+        self._lock = threading.Lock()
+        self._last_scheduled: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Start the timer thread; overdue jobs from the store run now."""
+        self._scheduler.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop; with ``wait`` the running jobs finish first. Pending jobs stay stored."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def notify(self, study_uid: str, received: float, *, force: bool = False) -> None:
+        """An instance of ``study_uid`` arrived at ``received`` (epoch seconds).
+
+        Moves the deadline to ``received + quiet`` unless it was moved less than
+        ``debounce_s`` ago; ``force`` (new or reopened study) always moves it.
+        """
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_scheduled.get(study_uid)
+            if not force and last is not None and now - last < self.debounce_s:
+                return
+            self._last_scheduled[study_uid] = now
+        self.schedule_completion(study_uid, received + self.quiet_seconds)
+
+    def schedule_completion(self, study_uid: str, at: float) -> None:
+        """(Re)place the one-shot ``complete:<uid>`` job to run at ``at`` (epoch seconds)."""
+        self._scheduler.add_job(
+            COMPLETE_FUNC,
+            trigger="date",
+            run_date=datetime.fromtimestamp(at, UTC),
+            args=[study_uid, self.runtime_key],
+            id=complete_job_id(study_uid),
+            name="complete",  # the name is logged by APScheduler: never a UID
+            replace_existing=True,
+        )
+
+    def forget(self, study_uid: str) -> None:
+        """Drop the debounce memory of a study (it completed)."""
+        with self._lock:
+            self._last_scheduled.pop(study_uid, None)
+
+    def completion_time(self, study_uid: str) -> float | None:
+        """When the study's completion job runs next (epoch seconds), if it has one."""
+        job = self._scheduler.get_job(complete_job_id(study_uid))
+        if job is None or job.next_run_time is None:
+            return None
+        return float(job.next_run_time.timestamp())
+
+    def cancel_completion(self, study_uid: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(complete_job_id(study_uid))
+        self.forget(study_uid)
+
+    def schedule_retention(self, interval_s: float) -> None:
+        """The retention sweep, every ``interval_s`` seconds (first run one interval on)."""
+        self._scheduler.add_job(
+            RETENTION_FUNC,
+            trigger="interval",
+            seconds=interval_s,
+            args=[self.runtime_key],
+            id=RETENTION_JOB_ID,
+            name="retention",
+            replace_existing=True,
+        )

@@ -1,0 +1,149 @@
+"""The Storage SCP: an AE with every storage SOP class, our transfer syntaxes, TCP_NODELAY.
+
+Presentation contexts: all of pynetdicom's storage SOP classes (so a routing rule that
+also sends SR, Secondary Capture or MR never fails an association; those instances are
+stored and marked not eligible) plus Verification (PS3.4 Annex A). Transfer syntaxes
+are the ones the issue names, accepted as-is: nothing is transcoded on the way in.
+
+TCP_NODELAY: pynetdicom leaves Nagle's algorithm on. A C-STORE response is a small
+write after a small write; with Nagle plus the peer's delayed ACK each one waits for
+the ACK timer (~40 ms on Linux loopback), which caps a sender at ~25 images/s. We set
+it on every accepted socket (:class:`NodelayAssociationServer`) and on sockets we open
+(:func:`set_nodelay_on_open`, bound to ``EVT_CONN_OPEN`` of an outgoing association).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any, Final
+
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_node.config import NodeSection
+
+log = logging.getLogger(__name__)
+
+#: Accepted transfer syntaxes, uncompressed first. PS3.5 Annex A / PS3.6 Table A-1.
+TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,  # process 1
+    JPEGExtended12Bit,  # process 2 & 4: 12-bit lossy JPEG (seen on CT)
+    JPEGLossless,  # process 14
+    JPEGLosslessSV1,  # process 14, selection value 1: the common lossless JPEG
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+
+VERIFICATION_SYNTAXES: Final = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def set_nodelay(sock: Any) -> None:
+    """Set TCP_NODELAY on a socket (or an SSL socket around one); TCP only."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def set_nodelay_on_open(event: Event) -> None:
+    """EVT_CONN_OPEN handler for associations we request (SCU side)."""
+    try:
+        set_nodelay(event.assoc.dul.socket.socket)  # type: ignore[union-attr]
+    except (AttributeError, OSError) as exc:
+        log.warning("net.nodelay_failed", extra={"error": type(exc).__name__})
+
+
+class NodelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, setting TCP_NODELAY on each accepted connection."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        set_nodelay(client)
+        return client, address
+
+
+def build_ae(node: NodeSection) -> AE:
+    """An AE configured from ``node``: title, limits, timeouts, contexts, AE checks."""
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_associations = node.max_associations
+    ae.acse_timeout = node.acse_timeout_s
+    ae.dimse_timeout = node.dimse_timeout_s
+    ae.network_timeout = node.network_timeout_s
+    ae.maximum_pdu_size = node.max_pdu_size
+    ae.require_calling_aet = list(node.allowed_calling_aets)
+    ae.require_called_aet = node.require_called_aet
+    for cx in StoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, list(TRANSFER_SYNTAXES))
+    ae.add_supported_context(Verification, list(VERIFICATION_SYNTAXES))
+    return ae
+
+
+def start_server(
+    ae: AE, host: str, port: int, handlers: Sequence[EventHandlerType]
+) -> NodelayAssociationServer:
+    """Bind and serve in a background thread; returns the server (port 0 picks one)."""
+    server = ae.make_server(
+        (host, port), evt_handlers=list(handlers), server_class=NodelayAssociationServer
+    )
+    assert isinstance(server, NodelayAssociationServer)
+    # AE.shutdown() and the server's own shutdown() expect it in the AE's list, as
+    # AE.start_server(block=False) would have put it.
+    ae._servers.append(server)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-node-scp",
+        daemon=True,
+    )  # fmt: skip
+    thread.start()
+    log.info(
+        "scp.listening",
+        extra={"ae_title": ae.ae_title, "host": host, "port": server.server_address[1]},
+    )
+    return server
+
+
+def echo(
+    host: str, port: int, ae_title: str, *, calling_aet: str = "ICHNODE", timeout_s: float = 30
+) -> int | None:
+    """C-ECHO a peer; returns its status (0x0000 is Success) or None if no association."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_on_open)]
+    )
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if "Status" in status else None
+    finally:
+        assoc.release()

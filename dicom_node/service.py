@@ -1,0 +1,184 @@
+"""``dicom-node serve``: wire index, spool, scheduler, assembler and SCP; stop cleanly.
+
+Start-up order matters for "never lose an acknowledged image":
+
+1. open the index, build the spool, and :meth:`~dicom_node.spool.Spool.reconcile` it
+   (files an OS crash kept but the index lost are indexed again);
+2. register the assembler, then start the scheduler: overdue completion jobs from the
+   job store run now, against a registered runtime;
+3. give every ``receiving`` study without a job a deadline (``last + quiet``);
+4. only then listen for associations.
+
+Shutdown reverses it: stop accepting, let running associations finish their current
+store (up to a grace period), stop the scheduler (pending jobs stay in the job store),
+close the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
+
+from dicom_node.assembly import (
+    Assembler,
+    CompletionHook,
+    register_runtime,
+    unregister_runtime,
+)
+from dicom_node.config import Settings
+from dicom_node.handlers import (
+    RejectLogger,
+    StoreHandler,
+    handle_echo,
+    log_accepted,
+    log_released,
+)
+from dicom_node.index import Index
+from dicom_node.logs import quiet_pynetdicom
+from dicom_node.scheduler import StudyScheduler
+from dicom_node.scp import NodelayAssociationServer, build_ae, start_server
+from dicom_node.spool import Spool, Stored
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S: Final = 3600.0
+
+
+def runtime_key(config: Path | None) -> str:
+    """The key durable jobs carry to find this node: the config file's absolute path."""
+    return str(config.resolve()) if config is not None else "<embedded-defaults>"
+
+
+class Service:
+    """One running node. ``start()`` returns once it listens; ``stop()`` is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Path | None = None,
+        *,
+        hooks: list[CompletionHook] | None = None,
+        debounce_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.key = runtime_key(config)
+        self._hooks = hooks
+        self._debounce_s = debounce_s
+        self.index: Index | None = None
+        self.spool: Spool | None = None
+        self.scheduler: StudyScheduler | None = None
+        self.assembler: Assembler | None = None
+        self.ae: AE | None = None
+        self.server: NodelayAssociationServer | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None, "not started"
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        s = self.settings
+        quiet_pynetdicom()
+        self.index = Index(s.resolve(s.storage.index_db))
+        self.spool = Spool(
+            s.resolve(s.storage.spool_dir),
+            self.index,
+            min_free_mb=s.storage.min_free_disk_mb,
+            max_spool_gb=s.storage.max_spool_gb,
+        )
+        self.spool.reconcile()
+        self.scheduler = StudyScheduler(
+            s.resolve(s.storage.jobs_db),
+            quiet_seconds=s.study.quiet_seconds,
+            runtime_key=self.key,
+            debounce_s=self._debounce_s,
+        )
+        self.assembler = Assembler(
+            self.index,
+            self.spool,
+            self.scheduler,
+            quiet_seconds=s.study.quiet_seconds,
+            hash_key=s.logging.hash_key,
+            retention_days=s.storage.retention_days,
+            hooks=self._hooks,
+        )
+        register_runtime(self.key, self.assembler)
+        self.scheduler.start()
+        self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
+        pending = 0
+        for study in self.index.studies(("receiving",)):
+            if self.scheduler.completion_time(study.study_uid) is None:
+                self.scheduler.schedule_completion(
+                    study.study_uid, study.last_received + s.study.quiet_seconds
+                )
+                pending += 1
+        if pending:
+            log.info("study.deadlines_restored", extra={"studies": pending})
+        self.ae = build_ae(s.node)
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, StoreHandler(self.spool, s.logging.hash_key, self._on_stored)),
+            (evt.EVT_C_ECHO, handle_echo),
+            (
+                evt.EVT_REJECTED,
+                RejectLogger(
+                    s.node.ae_title, tuple(s.node.allowed_calling_aets), s.node.require_called_aet
+                ),
+            ),
+            (evt.EVT_ACCEPTED, log_accepted),
+            (evt.EVT_RELEASED, log_released),
+            (evt.EVT_ABORTED, log_released),
+        ]
+        self.server = start_server(self.ae, s.node.host, s.node.port, handlers)
+
+    def _on_stored(self, stored: Stored) -> None:
+        assert self.scheduler is not None
+        rec = stored.recorded
+        self.scheduler.notify(
+            stored.ref.study_uid, stored.received, force=rec.new_study or rec.reopened
+        )
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Stop listening, wait for open associations (up to ``grace_s``), stop timers."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.server is not None:
+            self.server.shutdown()  # no new associations
+            deadline = time.monotonic() + grace_s
+            while self.server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self.server.active_associations:
+                assoc.abort()  # past the grace period: the sender retries what we did not ack
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        unregister_runtime(self.key)
+        if self.index is not None:
+            self.index.close()
+        log.info("node.stopped")
+
+    def serve_until_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop`."""
+        wake = threading.Event()
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("node.signal", extra={"signal": signal.Signals(signum).name})
+            wake.set()
+
+        old_term = signal.signal(signal.SIGTERM, _on_signal)
+        old_int = signal.signal(signal.SIGINT, _on_signal)
+        try:
+            while not wake.wait(1.0):
+                pass
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+            self.stop()

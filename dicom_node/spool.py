@@ -1,0 +1,372 @@
+"""The durable spool: received instances as files, exactly as they arrived, plus the index.
+
+``put`` is the path of every C-STORE: write to a temporary file in the target folder,
+fsync, ``os.replace`` into ``<spool>/<study>/<series>/<sop>.dcm``, fsync the folder (a
+rename is durable only once its directory entry is), record the row in the index, and
+only then may the handler answer Success (PS3.4 B.2.3: after Success the sender may
+delete its copy). Nothing is decoded or transcoded: the bytes are pynetdicom's encoded
+dataset behind a File Meta header built from the negotiated transfer syntax.
+
+The files are the truth. :meth:`Spool.reconcile` (every start) indexes files the index
+lacks, :func:`reindex` rebuilds a lost index from the files alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Final
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+)
+
+from dicom_node.errors import NodeError
+from dicom_node.index import Index, InstanceRow, Recorded
+from dicom_node.uids import InvalidUID, check_uid
+
+log = logging.getLogger(__name__)
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+
+#: SOP classes the CT model can read. Anything else is stored but not eligible.
+ELIGIBLE_SOP_CLASSES: Final = frozenset(
+    {str(CTImageStorage), str(EnhancedCTImageStorage), str(LegacyConvertedEnhancedCTImageStorage)}
+)
+
+# DIMSE statuses (PS3.4 Annex B.2.3 and PS3.7 C.4.2)
+SUCCESS: Final = 0x0000
+OUT_OF_RESOURCES: Final = 0xA700
+DATASET_MISMATCH: Final = 0xA900  # Data Set does not match SOP Class
+CANNOT_UNDERSTAND: Final = 0xC000
+
+_LAST_TAG_NEEDED: Final = 0x0020000E  # Series Instance UID; Study (0020,000D) comes before
+
+
+class SpoolFull(NodeError):  # noqa: N818 - reads as the condition
+    """Free disk below the minimum or spool above its maximum: answer 0xA700."""
+
+
+class BadInstance(NodeError):  # noqa: N818
+    """The dataset cannot be stored: ``status`` is the DIMSE status to answer."""
+
+    def __init__(self, message: str, status: int = CANNOT_UNDERSTAND) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """The four UIDs that place an instance, all validated, and its transfer syntax."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+
+    @property
+    def eligible(self) -> bool:
+        return self.sop_class_uid in ELIGIBLE_SOP_CLASSES
+
+    def relpath(self) -> str:
+        return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}.dcm"
+
+
+def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > _LAST_TAG_NEEDED
+
+
+def parse_instance(
+    data: bytes,
+    *,
+    command_sop_class: str | None = None,
+    command_sop_instance: str | None = None,
+) -> InstanceRef:
+    """Read the UIDs from a Part 10 byte string, stopping after Series Instance UID.
+
+    Cheap by design: elements past (0020,000E) are never read, pixel data included.
+    The dataset's SOP Class and Instance must match the C-STORE command's Affected SOP
+    Class/Instance UID (PS3.4 B.2.3: else 0xA900 / 0xC000).
+    """
+    try:
+        ds = read_partial(BytesIO(data), stop_when=_stop_after_series_uid)
+        ts = check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID")
+        ref = InstanceRef(
+            study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+            series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+            sop_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+            sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
+            transfer_syntax=ts,
+        )
+    except InvalidUID as exc:
+        raise BadInstance(str(exc)) from exc
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
+            AttributeError, NotImplementedError) as exc:  # fmt: skip
+        # The message is not kept: pydicom may quote element values in it.
+        raise BadInstance(f"undecodable dataset ({type(exc).__name__})") from exc
+    if command_sop_class is not None and command_sop_class != ref.sop_class_uid:
+        raise BadInstance("SOP Class UID differs from the C-STORE request", DATASET_MISMATCH)
+    if command_sop_instance is not None and command_sop_instance != ref.sop_uid:
+        raise BadInstance("SOP Instance UID differs from the C-STORE request")
+    return ref
+
+
+def read_file_ref(path: Path) -> InstanceRef:
+    """The UIDs of a spooled file (header only: ``stop_before_pixels``)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        return InstanceRef(
+            study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+            series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+            sop_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+            sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
+            transfer_syntax=check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
+        )
+    except (InvalidUID, InvalidDicomError, EOFError, OSError, ValueError, KeyError,
+            TypeError, AttributeError, NotImplementedError) as exc:  # fmt: skip
+        raise BadInstance(f"unreadable spool file ({type(exc).__name__})") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RateLimitedLog:
+    """Log an event at most once per ``interval`` seconds (disk guard: not once per image)."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, event: str, **fields: object) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(event)
+            if last is not None and now - last < self.interval:
+                self._suppressed[event] = self._suppressed.get(event, 0) + 1
+                return False
+            self._last[event] = now
+            suppressed = self._suppressed.pop(event, 0)
+        log.warning(event, extra={**fields, "suppressed": suppressed})
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What :meth:`Spool.put` did: the index outcome and the file's place."""
+
+    ref: InstanceRef
+    recorded: Recorded
+    path: Path
+    received: float
+
+
+class Spool:
+    """Files under ``root`` and their index rows; safe to call from many threads."""
+
+    def __init__(
+        self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100
+    ) -> None:
+        self.root = root
+        self.index = index
+        self.min_free_bytes = int(min_free_mb * MIB)
+        self.max_spool_bytes = int(max_spool_gb * GIB)
+        root.mkdir(parents=True, exist_ok=True)
+        self._size_lock = threading.Lock()
+        self._size = index.total_size()
+        self.guard_log = RateLimitedLog(60.0)
+
+    @property
+    def size(self) -> int:
+        """Bytes of all indexed instances."""
+        return self._size
+
+    def path_of(self, ref: InstanceRef) -> Path:
+        return self.root / ref.study_uid / ref.series_uid / f"{ref.sop_uid}.dcm"
+
+    def check_space(self, incoming: int) -> None:
+        """Raise :class:`SpoolFull` if storing ``incoming`` bytes breaks a disk limit."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if free - incoming < self.min_free_bytes:
+            self.guard_log.warning(
+                "store.disk_guard", reason="free_disk", free_mb=free // MIB,
+                min_free_mb=self.min_free_bytes // MIB,
+            )  # fmt: skip
+            raise SpoolFull("free disk below storage.min_free_disk_mb")
+        if self._size + incoming > self.max_spool_bytes:
+            self.guard_log.warning(
+                "store.disk_guard", reason="spool_full", spool_mb=self._size // MIB,
+                max_spool_mb=self.max_spool_bytes // MIB,
+            )  # fmt: skip
+            raise SpoolFull("spool above storage.max_spool_gb")
+
+    def _mkdirs(self, folder: Path) -> None:
+        """Create ``folder`` (two levels under root) and fsync each new entry's parent."""
+        if folder.is_dir():
+            return
+        study = folder.parent
+        if not study.is_dir():
+            study.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(study)
+
+    def put(self, ref: InstanceRef, data: bytes, received: float | None = None) -> Stored:
+        """Store ``data`` durably and index it; a known SOP Instance UID is not rewritten.
+
+        Raises :class:`SpoolFull` (answer 0xA700) or :class:`OSError` / index errors
+        (likewise: out of resources, the sender keeps its copy and retries).
+        """
+        received = time.time() if received is None else received
+        final = self.path_of(ref)
+        if self.index.has_instance(ref.sop_uid):
+            rec = self.index.record(self._row(ref, len(data), received))
+            return Stored(ref, rec, final, received)
+        self.check_space(len(data))
+        folder = final.parent
+        self._mkdirs(folder)
+        tmp = folder / f".{ref.sop_uid}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        tmp.replace(final)
+        _fsync_dir(folder)
+        rec = self.index.record(self._row(ref, len(data), received))
+        if rec.inserted:
+            with self._size_lock:
+                self._size += len(data)
+        return Stored(ref, rec, final, received)
+
+    def _row(self, ref: InstanceRef, size: int, received: float) -> InstanceRow:
+        return InstanceRow(
+            sop_uid=ref.sop_uid,
+            study_uid=ref.study_uid,
+            series_uid=ref.series_uid,
+            sop_class_uid=ref.sop_class_uid,
+            transfer_syntax=ref.transfer_syntax,
+            eligible=ref.eligible,
+            size=size,
+            path=ref.relpath(),
+            received=received,
+        )
+
+    # -- start-up, reindex, retention ---------------------------------------------------
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every spooled ``.dcm`` file (temporary files start with a dot and are skipped)."""
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.endswith(".dcm") and not name.startswith("."):
+                    yield Path(dirpath) / name
+
+    def remove_stale_tmp(self) -> int:
+        """Delete temporary files a crash left behind (never answered Success)."""
+        n = 0
+        for dirpath, _dirs, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    n += 1
+        return n
+
+    def index_file(self, path: Path) -> tuple[InstanceRef, Recorded] | None:
+        """Index one existing file (its modification time stands for its arrival)."""
+        try:
+            ref = read_file_ref(path)
+        except BadInstance as exc:
+            log.warning("spool.unreadable", extra={"path": path.name, "error": str(exc)})
+            return None
+        rel = path.relative_to(self.root).as_posix()
+        st = path.stat()
+        row = dataclasses.replace(self._row(ref, st.st_size, st.st_mtime), path=rel)
+        rec = self.index.record(row)
+        if rec.inserted:
+            with self._size_lock:
+                self._size += st.st_size
+        return ref, rec
+
+    def reconcile(self) -> list[str]:
+        """Index the files the index lacks (e.g. lost to an OS crash); return their studies."""
+        known = self.index.known_paths()
+        studies: set[str] = set()
+        stale = self.remove_stale_tmp()
+        added = 0
+        for path in self.iter_files():
+            rel = path.relative_to(self.root).as_posix()
+            if rel in known:
+                continue
+            got = self.index_file(path)
+            if got is not None and got[1].inserted:
+                added += 1
+                studies.add(got[0].study_uid)
+        if added or stale:
+            log.info("spool.reconciled", extra={"added": added, "stale_tmp": stale})
+        return sorted(studies)
+
+    def purge_study(self, study_uid: str) -> int:
+        """Delete a study's files and rows; returns bytes freed."""
+        freed = sum(r.size for r in self.index.instances(study_uid))
+        folder = self.root / check_uid(study_uid, "Study Instance UID")
+        shutil.rmtree(folder, ignore_errors=True)
+        self.index.delete_study(study_uid)
+        with self._size_lock:
+            self._size = max(0, self._size - freed)
+        return freed
+
+
+def reindex(spool: Spool) -> int:
+    """Rebuild the index from the spool files alone; returns the number of instances.
+
+    Studies come back as ``receiving`` with their files' times: the next ``serve``
+    completes them after the quiet period (their processing history was in the lost index).
+    """
+    spool.index.clear()
+    with spool._size_lock:
+        spool._size = 0
+    spool.remove_stale_tmp()
+    n = 0
+    times: dict[str, tuple[float, float]] = {}
+    for path in spool.iter_files():
+        got = spool.index_file(path)
+        if got is not None and got[1].inserted:
+            n += 1
+            study = got[0].study_uid
+            mtime = path.stat().st_mtime
+            lo, hi = times.get(study, (mtime, mtime))
+            times[study] = (min(lo, mtime), max(hi, mtime))
+    for study_uid, (first, last) in times.items():
+        spool.index.set_study_times(study_uid, first, last)
+    return n
