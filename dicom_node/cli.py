@@ -21,7 +21,7 @@ from models.errors import ModelsError
 from models.labels import LABELS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ICH triage DICOM node.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="config.yaml (defaults are embedded)")
