@@ -13,9 +13,9 @@ Layout of a cache folder::
 
 The pixels of a slice are those the node computes (``models.preprocess``): HU from
 ``models.dicom_io.stored_to_hu`` (RSNA bit-depth quirk corrected), the three windows of
-``windows`` as channels, an antialiased bilinear resize to ``size`` in float, then
-quantised like ``apply_windows_uint8`` (x 255, round half up). When the image already
-has the target size this is exactly ``apply_windows_uint8``.
+``windows`` as channels, ``models.preprocess.resize`` to ``size`` in float (box filter or
+antialiased bilinear), then quantised like ``apply_windows_uint8`` (x 255, round half
+up). When the image already has the target size this is exactly ``apply_windows_uint8``.
 
 Crash safety and resuming: every file is written to ``<name>.tmp-<pid>`` and renamed into
 place with ``os.replace``; a study's ``.json`` is renamed last, so its presence (with an
@@ -143,8 +143,8 @@ def hu_to_cache(
 ) -> NDArray[np.uint8]:
     """HU (Z, H, W) -> uint8 (Z, C, size, size): windows, antialiased resize, quantise.
 
-    Resizing happens in float before quantising so that a cache at 256 matches what the
-    node computes from the same DICOM to within one grey level.
+    Resizing (``models.preprocess.resize``, as the node does) happens in float before
+    quantising, so a cache at 256 matches what the node computes to within one grey level.
     """
     z, h, w = hu.shape
     out = np.empty((z, len(windows), size, size), dtype=np.uint8)
@@ -411,7 +411,7 @@ def prepare(
     data_dir, out = Path(data_dir), Path(out)
     studies_dir = out / STUDY_DIR
     studies_dir.mkdir(parents=True, exist_ok=True)
-    _check_compatible(out, source, subset, data_dir, size, windows)
+    check_compatible(out, source, subset, data_dir, size, windows)
     _remove_leftovers(studies_dir)
 
     if source == "rsna":
@@ -509,16 +509,19 @@ def _reason_counts(reasons: dict[str, str]) -> dict[str, int]:
     return out
 
 
-def _check_compatible(
+def check_compatible(
     out: Path,
     source: str,
     subset: str,
     data_dir: Path,
     size: int,
-    windows: tuple[Window, ...],
+    windows: Sequence[Window] = DEFAULT_WINDOWS,
 ) -> None:
-    """Refuse to resume into a cache made from other data or with other settings."""
-    path = out / MANIFEST
+    """Raise ``CacheError`` if ``out`` holds a cache made from other data or settings.
+
+    Resuming must never mix slices of two sizes or window sets in one cache.
+    """
+    path = Path(out) / MANIFEST
     if not path.is_file():
         return
     try:
@@ -528,7 +531,7 @@ def _check_compatible(
     mine = {
         "source": source,
         "subset": subset,
-        "data_dir": str(data_dir.resolve()),
+        "data_dir": str(Path(data_dir).resolve()),
         "size": size,
         "windows": windows_to_json(windows),
     }
