@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -20,7 +19,7 @@ from peers import free_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
-from results.results_support import SENTINEL_ID, SENTINEL_NAME, RecordingSCP
+from results.results_support import SENTINEL_ID, SENTINEL_NAME, RecordingSCP, Storescp
 
 from models.dicom_io import CTSeries, read_series, scan_headers
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
@@ -94,13 +93,6 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("storescp did not start listening")
-
-
-@dataclass(frozen=True)
-class Storescp:
-    port: int
-    out_dir: Path
-    ae_title: str = "STORESCP"
 
 
 @pytest.fixture

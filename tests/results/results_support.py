@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -56,3 +57,10 @@ class RecordingSCP:
             ds.file_meta = event.file_meta
             self.received.append(ds)
         return self.status
+
+
+@dataclass(frozen=True)
+class Storescp:
+    port: int
+    out_dir: Path
+    ae_title: str = "STORESCP"

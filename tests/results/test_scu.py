@@ -13,10 +13,17 @@ import pytest
 from peers import free_port
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from results.results_support import SENTINEL_ID, SENTINEL_NAME, RecordingSCP
+from results.results_support import (
+    SENTINEL_ID,
+    SENTINEL_NAME,
+    RecordingSCP,
+    Storescp,
+    make_prediction,
+)
 
 from dicom_node.config import Destination
 from dicom_node.errors import PermanentError, TransientError
+from dicom_node.report import build_results
 from dicom_node.scu import (
     PermanentDeliveryError,
     ScuTimeouts,
@@ -26,6 +33,9 @@ from dicom_node.scu import (
     required_contexts,
     send,
 )
+from models.checkpoint import CheckpointMeta
+from models.dicom_io import CTSeries
+from models.network import NetworkConfig
 from train.data.phantoms import WrittenStudy
 
 FAST = ScuTimeouts(connect_s=5, acse_s=5, dimse_s=5, network_s=5)
@@ -215,3 +225,32 @@ def test_backoff_doubles_and_caps() -> None:
     assert backoff_seconds(10_000, 1, 3600) == 3600
     with pytest.raises(ValueError):
         backoff_seconds(0)
+
+
+def test_dcmtk_storescp_receives_sr_and_sc(
+    storescp: Storescp,
+    tmp_path: Path,
+    ct_series: CTSeries,
+    source_headers: list[Dataset],
+) -> None:
+    meta = CheckpointMeta(network=NetworkConfig(backbone="resnet18"), model_uid="2.25.42")
+    pred = make_prediction(ct_series, ("subarachnoid",))
+    files = build_results(pred, source_headers, ct_series, meta).save(tmp_path / "out")
+    dest = Destination(
+        name="dcmtk", ae_title=storescp.ae_title, host="127.0.0.1", port=storescp.port
+    )
+    result = send(dest, [files["sr"], files["sc"]], timeouts=FAST)
+    want = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files.values()}
+    assert set(result.sent) == want
+    got = {}
+    for path in storescp.out_dir.iterdir():
+        ds = pydicom.dcmread(path)
+        got[str(ds.SOPInstanceUID)] = ds
+    assert set(got) == want
+    for kind, path in files.items():
+        sent = pydicom.dcmread(path)
+        received = got[str(sent.SOPInstanceUID)]
+        assert received.SOPClassUID == sent.SOPClassUID, kind
+        assert received.StudyInstanceUID == sent.StudyInstanceUID
+    sc = next(ds for ds in got.values() if ds.Modality == "OT")
+    assert sc.pixel_array.shape == (1024, 1024, 3)

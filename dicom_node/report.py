@@ -1,0 +1,106 @@
+"""Results of one study as DICOM: a TID 1500 SR and an RGB Secondary Capture.
+
+The worker calls :func:`build_results` once per processed study and generation, stores
+the objects with :meth:`ResultObjects.save` and hands the files to
+:func:`dicom_node.scu.send`. Identity rules (see :mod:`dicom_node.report_common`):
+
+* same study, source series, model and generation -> same Series/SOP Instance UIDs, so
+  a re-send is deduplicated by PACS;
+* a new generation (re-processing after late instances) -> new UIDs; the SR lists the
+  previous SR in Predecessor Documents Sequence and the SC names the previous SC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from highdicom.sc import SCImage
+from highdicom.sr import Comprehensive3DSR
+from pydicom.dataset import Dataset
+
+from dicom_node.report_common import (
+    AlgorithmInfo,
+    ReportError,
+    ResultUIDs,
+    result_uids,
+)
+from dicom_node.report_sc import build_sc
+from dicom_node.report_sr import build_sr
+from models.checkpoint import CheckpointMeta
+from models.dicom_io import CTSeries
+from models.predict import SeriesPrediction
+
+__all__ = [
+    "AlgorithmInfo",
+    "ReportError",
+    "ResultObjects",
+    "ResultUIDs",
+    "build_results",
+    "result_uids",
+]
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """The DICOM results of one generation, ready to write and send."""
+
+    uids: ResultUIDs
+    supersedes: ResultUIDs | None
+    sr: Comprehensive3DSR
+    sc: SCImage
+
+    def by_kind(self) -> dict[str, Dataset]:
+        """``{"sr": ..., "sc": ...}``, the keys that ``Destination.send`` lists."""
+        return {"sr": self.sr, "sc": self.sc}
+
+    def save(self, out_dir: Path) -> dict[str, Path]:
+        """Write both as DICOM Part 10 files named by kind and SOP Instance UID.
+
+        Written to a temporary name and renamed, so a crash never leaves a partial file
+        that a later send would pick up.
+        """
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {}
+        for kind, ds in self.by_kind().items():
+            path = out_dir / f"{kind}-{ds.SOPInstanceUID}.dcm"
+            tmp = path.with_suffix(".tmp")
+            ds.save_as(tmp, enforce_file_format=True)
+            tmp.replace(path)
+            paths[kind] = path
+        return paths
+
+
+def build_results(
+    prediction: SeriesPrediction,
+    sources: Sequence[Dataset],
+    series: CTSeries,
+    meta: CheckpointMeta,
+    *,
+    generation: int = 0,
+    supersedes: ResultUIDs | None = None,
+) -> ResultObjects:
+    """Build the SR and SC for ``prediction``.
+
+    ``sources``: headers (pixels not needed) of every instance of the predicted series;
+    ``series``: the same series as HU (the SC shows its key slices); ``meta``: the
+    checkpoint that made the prediction. ``generation`` counts re-processings of this
+    study (0 first). ``supersedes`` defaults, for ``generation > 0``, to the UIDs of
+    generation ``generation - 1`` of the same series and model; pass it explicitly when
+    the earlier result came from another series or model.
+
+    Raises :class:`ReportError` (a ``PermanentError``) when the inputs do not fit
+    together; messages carry counts, never patient data or UIDs.
+    """
+    if series.series_uid != prediction.series_uid or series.study_uid != prediction.study_uid:
+        raise ReportError("CT series and prediction are of different series")
+    algorithm = AlgorithmInfo.from_meta(meta)
+    uids = result_uids(prediction.study_uid, prediction.series_uid, meta.model_uid, generation)
+    if supersedes is None and generation > 0:
+        supersedes = result_uids(
+            prediction.study_uid, prediction.series_uid, meta.model_uid, generation - 1
+        )
+    sr = build_sr(prediction, sources, algorithm, uids, supersedes)
+    sc = build_sc(prediction, sources, series, algorithm, uids, supersedes)
+    return ResultObjects(uids=uids, supersedes=supersedes, sr=sr, sc=sc)

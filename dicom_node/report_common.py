@@ -1,0 +1,230 @@
+"""What the SR and the Secondary Capture share: identities, provenance, source references.
+
+UIDs of our results are derived, not random: the same (study, source series, model,
+generation) always yields the same Series and SOP Instance UIDs, so re-sending a result
+after a lost acknowledgement stores the same instance again and PACS deduplicates it.
+Re-processing a study (late instances arrived) is a new *generation*: new UIDs, and the
+new objects point at the ones they supersede. UIDs are ``2.25`` UUID-derived UIDs
+(PS3.5 B.2) of name-based (version 5) UUIDs, see :func:`derived_uid`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Final
+
+from highdicom import ContributingEquipment
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicom_node import __version__ as NODE_VERSION
+from dicom_node.errors import PermanentError
+from models.checkpoint import CheckpointMeta
+from models.predict import SeriesPrediction
+
+#: Manufacturer of our results (General Equipment, Contributing Equipment, observer device).
+MANUFACTURER: Final = "ich-triage-node (open source)"
+#: Series numbers of our result series: high, so viewers list them after the acquisitions.
+SR_SERIES_NUMBER: Final = 9901
+SC_SERIES_NUMBER: Final = 9902
+#: What a reader sees in the series list (LO, at most 64 characters).
+SERIES_DESCRIPTION: Final = "AI triage ICH - NOT FOR DIAGNOSIS"
+DEMO_SERIES_DESCRIPTION: Final = "AI triage ICH DEMO phantom model - NOT FOR DIAGNOSIS"
+
+#: Patient/study attributes the source must carry, at least empty (PS3.3 type 2);
+#: highdicom reads them as attributes, and some senders omit empty ones.
+_TYPE2_IDENTITY: Final = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+#: Namespace of our name-based UUIDs (a fixed random UUID; changing it changes every UID).
+_UID_NAMESPACE: Final = uuid.UUID("5b0f8f3e-4c1e-4b7a-9a55-2f6c1d0e9b21")
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic DICOM UID: ``2.25.`` + a version-5 (SHA-1 name-based) UUID as integer.
+
+    PS3.5 B.2 allows UIDs under 2.25 made from an ISO/IEC 9834-8 UUID, which includes
+    name-based UUIDs. (``pydicom.uid.generate_uid(prefix=None)`` ignores ``entropy_srcs``
+    and returns a random UUID, so it cannot give the same UID twice.) At most 44 chars.
+    """
+    name = "\x1f".join(parts)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+class ReportError(PermanentError):
+    """The inputs cannot make a valid result object (never names patient data)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultUIDs:
+    """Series and SOP Instance UIDs of one generation's SR and SC."""
+
+    generation: int
+    sr_series: str
+    sr_instance: str
+    sc_series: str
+    sc_instance: str
+
+
+def result_uids(study_uid: str, series_uid: str, model_uid: str, generation: int) -> ResultUIDs:
+    """The UIDs of generation ``generation`` of the results for one source series and model.
+
+    Deterministic: a pure function of its arguments, so the worker can recompute the
+    UIDs of any earlier generation (to reference what a new one supersedes).
+    """
+    if generation < 0:
+        raise ReportError(f"generation must be >= 0, got {generation}")
+    if not model_uid:
+        raise ReportError("checkpoint has no model UID; results need one as Device UID")
+
+    def uid(kind: str) -> str:
+        return derived_uid(study_uid, series_uid, model_uid, str(generation), kind)
+
+    return ResultUIDs(
+        generation=generation,
+        sr_series=uid("sr-series"),
+        sr_instance=uid("sr-instance"),
+        sc_series=uid("sc-series"),
+        sc_instance=uid("sc-instance"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmInfo:
+    """The model as our results name it: TID 4019, observer device, Contributing Equipment."""
+
+    name: str
+    version: str
+    model_uid: str
+    model_name: str
+    thresholds: tuple[float, ...]
+    demo: bool
+    trained_on: str
+
+    @classmethod
+    def from_meta(cls, meta: CheckpointMeta) -> AlgorithmInfo:
+        if not meta.model_uid:
+            raise ReportError("checkpoint has no model UID; results need one as Device UID")
+        version = meta.code_version or "unknown"
+        return cls(
+            name=meta.name or "ich-cnn-lstm",
+            version=version,
+            model_uid=meta.model_uid,
+            model_name=f"{meta.name or 'ich-cnn-lstm'} {meta.network.backbone}"[:64],
+            thresholds=tuple(float(t) for t in meta.thresholds),
+            demo=bool(meta.demo),
+            trained_on=meta.trained_on,
+        )
+
+    @property
+    def parameters(self) -> list[str]:
+        """TID 4019 Algorithm Parameters: what else decides the output."""
+        params = [
+            f"model_uid={self.model_uid}",
+            "thresholds=" + ",".join(f"{t:.4f}" for t in self.thresholds),
+        ]
+        if self.trained_on:
+            params.append(f"trained_on={self.trained_on}"[:1024])
+        if self.demo:
+            params.append("demo=phantom-trained, not for clinical use")
+        return params
+
+    @property
+    def series_description(self) -> str:
+        return DEMO_SERIES_DESCRIPTION if self.demo else SERIES_DESCRIPTION
+
+    def contributing_equipment(self) -> ContributingEquipment:
+        """IHE AI Results: the algorithm as Contributing Equipment, Device UID = model UID.
+
+        Purpose of reference is DCM 109102 "Processing Equipment", the CID 7005 concept
+        for equipment that processed the data (CID 7005 has no "Processing Algorithm"
+        concept; highdicom accepts only CID 7005 codes here).
+        """
+        equipment = ContributingEquipment(
+            manufacturer=MANUFACTURER,
+            purpose_of_reference=codes.DCM.ProcessingEquipment,
+            manufacturer_model_name=self.model_name,
+            software_versions=[f"ich-triage-node {NODE_VERSION}", f"model {self.version}"],
+            contribution_description=(
+                "AI triage for intracranial hemorrhage (CNN-LSTM); unverified, not for diagnosis"
+            ),
+        )
+        equipment.DeviceUID = self.model_uid
+        return equipment
+
+
+def check_sources(prediction: SeriesPrediction, sources: Sequence[Dataset]) -> dict[str, Dataset]:
+    """Index the source headers by SOP Instance UID; every predicted slice must be there.
+
+    Raises :class:`ReportError` with counts only (no UIDs, no names) on a mismatch.
+    """
+    if not sources:
+        raise ReportError("no source instances given")
+    by_uid: dict[str, Dataset] = {}
+    for ds in sources:
+        try:
+            study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+            ds.SOPClassUID  # noqa: B018 - must exist for references
+        except AttributeError as exc:
+            raise ReportError(
+                "a source instance lacks Study/Series/SOP Class/Instance UID"
+            ) from exc
+        if str(study) != prediction.study_uid:
+            raise ReportError("source instances belong to another study than the prediction")
+        if str(series) != prediction.series_uid:
+            raise ReportError("source instances belong to another series than the prediction")
+        by_uid[str(sop)] = ds
+    missing = sum(1 for u in prediction.sop_uids if u not in by_uid)
+    if missing:
+        raise ReportError(f"{missing} of {len(prediction.sop_uids)} predicted slices lack a header")
+    return by_uid
+
+
+def identity_header(source: Dataset) -> Dataset:
+    """A pixel-free copy of one source header with the type 2 identity attributes present.
+
+    Results inherit Patient and Study from it (so they file into the original study);
+    attributes the sender left out are written empty, as PS3.3 allows for type 2.
+    """
+    header = Dataset()
+    for elem in source:
+        if elem.tag.group in (0x7FE0, 0xFFFA) or elem.tag.is_private:
+            continue
+        header.add(deepcopy(elem))
+    for kw in _TYPE2_IDENTITY:
+        if kw not in header:
+            setattr(header, kw, "")
+    return header
+
+
+def evidence_stub(source: Dataset) -> Dataset:
+    """Only the four UIDs by which an SR cites an instance as evidence (PS3.3 C.17.2.3)."""
+    stub = Dataset()
+    stub.StudyInstanceUID = source.StudyInstanceUID
+    stub.SeriesInstanceUID = source.SeriesInstanceUID
+    stub.SOPClassUID = source.SOPClassUID
+    stub.SOPInstanceUID = source.SOPInstanceUID
+    return stub
+
+
+def previous_stub(study_uid: str, series_uid: str, sop_class: str, sop_uid: str) -> Dataset:
+    """A reference to an earlier result instance, for Predecessor Documents Sequence."""
+    stub = Dataset()
+    stub.StudyInstanceUID = study_uid
+    stub.SeriesInstanceUID = series_uid
+    stub.SOPClassUID = sop_class
+    stub.SOPInstanceUID = sop_uid
+    return stub
