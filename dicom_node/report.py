@@ -12,6 +12,8 @@ the objects with :meth:`ResultObjects.save` and hands the files to
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,11 @@ from dicom_node.report_sr import build_sr
 from models.checkpoint import CheckpointMeta
 from models.dicom_io import CTSeries
 from models.predict import SeriesPrediction
+
+log = logging.getLogger(__name__)
+# highdicom logs the source's SOP Instance UID at INFO ("copy Patient-related attributes
+# from dataset <uid>") and every copied attribute at DEBUG; neither may reach our logs.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 __all__ = [
     "AlgorithmInfo",
@@ -101,6 +108,18 @@ def build_results(
         supersedes = result_uids(
             prediction.study_uid, prediction.series_uid, meta.model_uid, generation - 1
         )
+    t0 = time.perf_counter()
     sr = build_sr(prediction, sources, algorithm, uids, supersedes)
+    t1 = time.perf_counter()
     sc = build_sc(prediction, sources, series, algorithm, uids, supersedes)
+    t2 = time.perf_counter()
+    log.info(
+        "report.built",
+        extra={
+            "generation": generation,
+            "n_present": int(prediction.present.sum()),
+            "sr_s": round(t1 - t0, 4),
+            "sc_s": round(t2 - t1, 4),
+        },
+    )
     return ResultObjects(uids=uids, supersedes=supersedes, sr=sr, sc=sc)

@@ -307,6 +307,13 @@ def send(
                 # pynetdicom: no accepted presentation context for this object
                 refused.append(f"object {i + 1}: presentation context not accepted")
                 continue
+            except RuntimeError as exc:
+                # pynetdicom: the association ended between our check and the request
+                raise TransientDeliveryError(
+                    f"association with {destination.name} ended after {len(sent)} of "
+                    f"{len(items)} objects",
+                    sent=sent,
+                ) from exc
             status = rsp.get("Status") if rsp is not None else None
             if status is None:
                 raise TransientDeliveryError(

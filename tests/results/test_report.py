@@ -6,6 +6,7 @@ so no model runs. Every object is validated with dciodvfy and read back with hig
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -305,3 +306,18 @@ def test_result_uids_are_valid_dicom_uids() -> None:
     assert len({u.sr_series, u.sr_instance, u.sc_series, u.sc_instance}) == 4
     with pytest.raises(ReportError):
         result_uids("1.2.3", "1.2.3.4", MODEL_UID, -1)
+
+
+def test_logs_carry_no_patient_data(
+    positive: SeriesPrediction,
+    source_headers: list[Dataset],
+    ct_series: CTSeries,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    build_results(positive, source_headers, ct_series, _meta(), generation=1)
+    assert any(r.getMessage() == "report.built" for r in caplog.records)
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    uids = [positive.study_uid, positive.series_uid, *positive.sop_uids]
+    for secret in (SENTINEL_NAME, SENTINEL_ID, *uids):
+        assert secret not in text
