@@ -218,9 +218,9 @@ def build_sc(
     sc.RecognizableVisualFeatures = "NO"
     sc.LossyImageCompression = "00"
     sc.ConversionType = "WSD"  # workstation (PS3.3 C.8.6.1): rendered, not digitised
-    body_part = header.get("BodyPartExamined", "")
-    if body_part:
-        sc.BodyPartExamined = body_part
+    # Copied from the source; a source without it still is a head CT (the node reports
+    # only on series it accepted as such), and dciodvfy wants Laterality when it is absent.
+    sc.BodyPartExamined = str(header.get("BodyPartExamined", "") or "HEAD")
     sc.DerivationDescription = (
         "Key slices (brain window 40/80 HU), findings table and per-slice probabilities "
         "of an AI triage model; not for diagnostic use"

@@ -6,6 +6,7 @@ so no model runs. Every object is validated with dciodvfy and read back with hig
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -321,3 +322,14 @@ def test_logs_carry_no_patient_data(
     uids = [positive.study_uid, positive.series_uid, *positive.sop_uids]
     for secret in (SENTINEL_NAME, SENTINEL_ID, *uids):
         assert secret not in text
+
+
+def test_source_without_body_part_still_validates(
+    tmp_path: Path, positive: SeriesPrediction, source_headers: list[Dataset], ct_series: CTSeries
+) -> None:
+    headers = [copy.deepcopy(ds) for ds in source_headers]
+    for ds in headers:
+        del ds.BodyPartExamined
+    res = build_results(positive, headers, ct_series, _meta())
+    assert res.sc.BodyPartExamined == "HEAD"
+    assert dciodvfy_errors(res.save(tmp_path)["sc"]) == []
