@@ -63,7 +63,10 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def quiet_pynetdicom() -> None:
-    """Keep pynetdicom's logger at INFO (its DEBUG carries UIDs) and identifiers out."""
+    """Keep pynetdicom's logger at INFO (its DEBUG carries UIDs) and identifiers out.
+
+    Also APScheduler's, at WARNING: it names jobs, and ours are named by study UID.
+    """
     from pynetdicom import _config
 
     _config.LOG_REQUEST_IDENTIFIERS = False
@@ -72,6 +75,8 @@ def quiet_pynetdicom() -> None:
     # UID-bearing; "none" leaves them unbound.
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.INFO)
+    # APScheduler logs job ids ("complete:<study UID>") at INFO and DEBUG.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> logging.Handler:
@@ -82,6 +87,4 @@ def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> logging.
     root.addHandler(handler)
     root.setLevel(level)
     quiet_pynetdicom()
-    # APScheduler logs job names with their arguments (study UIDs) at INFO.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return handler

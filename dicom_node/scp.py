@@ -45,20 +45,24 @@ from dicom_node.config import NodeSection
 
 log = logging.getLogger(__name__)
 
-#: Accepted transfer syntaxes, uncompressed first. PS3.5 Annex A / PS3.6 Table A-1.
+#: Accepted transfer syntaxes (PS3.5 Annex A, PS3.6 Table A-1), in our order of preference.
+#: pynetdicom picks, for each proposed context, the first of *these* that the sender offers.
+#: A sender (dcmtk storescu, for one) proposes a compressed file's own syntax together with
+#: the uncompressed ones in a single context; preferring encoded syntaxes keeps the file as
+#: it was (no transcoding by the sender, no decoder needed there). Uncompressed ones last.
 TRANSFER_SYNTAXES: Final[tuple[UID, ...]] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     DeflatedExplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,  # process 14, selection value 1: the common lossless JPEG
+    JPEGLossless,  # process 14
+    RLELossless,
+    JPEGLSNearLossless,
+    JPEG2000,
     JPEGBaseline8Bit,  # process 1
     JPEGExtended12Bit,  # process 2 & 4: 12-bit lossy JPEG (seen on CT)
-    JPEGLossless,  # process 14
-    JPEGLosslessSV1,  # process 14, selection value 1: the common lossless JPEG
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
 )
 
 VERIFICATION_SYNTAXES: Final = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

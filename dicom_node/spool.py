@@ -26,7 +26,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Final
 
-from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
@@ -89,6 +89,31 @@ class InstanceRef:
         return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}.dcm"
 
 
+_STUDY_UID: Final = 0x0020000D
+_SERIES_UID: Final = 0x0020000E
+_SOP_CLASS_UID: Final = 0x00080016
+_SOP_INSTANCE_UID: Final = 0x00080018
+
+
+def _raw_uid(ds: Dataset, tag: int, what: str) -> str:
+    """A UID element's value, taken raw: pydicom's own validation of a bad value warns
+    with the value in the message, and a warning is not ours to log."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        raise InvalidUID(f"{what} is missing")
+    return check_uid(elem.value, what)
+
+
+def _ref_from(ds: Dataset) -> InstanceRef:
+    return InstanceRef(
+        study_uid=_raw_uid(ds, _STUDY_UID, "Study Instance UID"),
+        series_uid=_raw_uid(ds, _SERIES_UID, "Series Instance UID"),
+        sop_uid=_raw_uid(ds, _SOP_INSTANCE_UID, "SOP Instance UID"),
+        sop_class_uid=_raw_uid(ds, _SOP_CLASS_UID, "SOP Class UID"),
+        transfer_syntax=check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
+    )
+
+
 def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) > _LAST_TAG_NEEDED
 
@@ -106,15 +131,7 @@ def parse_instance(
     Class/Instance UID (PS3.4 B.2.3: else 0xA900 / 0xC000).
     """
     try:
-        ds = read_partial(BytesIO(data), stop_when=_stop_after_series_uid)
-        ts = check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID")
-        ref = InstanceRef(
-            study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-            series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-            sop_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-            sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
-            transfer_syntax=ts,
-        )
+        ref = _ref_from(read_partial(BytesIO(data), stop_when=_stop_after_series_uid))
     except InvalidUID as exc:
         raise BadInstance(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
@@ -129,7 +146,7 @@ def parse_instance(
 
 
 def read_file_ref(path: Path) -> InstanceRef:
-    """The UIDs of a spooled file (header only: ``stop_before_pixels``)."""
+    """The UIDs of a spooled file (header only, up to Series Instance UID)."""
     try:
         ds = dcmread(path, stop_before_pixels=True)
         return InstanceRef(
