@@ -50,7 +50,7 @@ from models.labels import LABELS, NUM_CLASSES
 from models.preprocess import DEFAULT_WINDOWS, Window, apply_windows, resize
 from train.data import cq500, rsna
 from train.data.errors import CacheError
-from train.data.scan import parallel_map, resolve_workers
+from train.data.scan import lenient_dicom, parallel_map, resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,8 @@ def _prepare_study(
     """
     stem = study_stem(task.key)
     try:
-        dec = _decode(task.paths, size, windows)
+        with lenient_dicom():
+            dec = _decode(task.paths, size, windows)
     except (SeriesError, OSError) as exc:
         return {"key": task.key, "error": str(exc)}
     image_ids = [h.path.stem for h in dec.headers]

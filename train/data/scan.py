@@ -14,11 +14,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import pydicom
+from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
@@ -35,6 +37,25 @@ SCAN_CHUNK = 256
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@contextmanager
+def lenient_dicom() -> Iterator[None]:
+    """Read and write values that break VR rules without a warning per element.
+
+    RSNA 2019 files carry identifiers such as ``ID_6c4a3bd1ab`` in UI elements (Study,
+    Series and SOP Instance UID): pydicom would warn, and log the value, once per file,
+    752k times. The values are only used as keys here, so validation is switched off for
+    the duration (process-wide: pydicom has no per-call switch) and restored after.
+    """
+    settings = pydicom_config.settings
+    old = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = pydicom_config.IGNORE
+    settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = old
 
 
 def patient_key(patient_id: str, fallback: str) -> str:
@@ -69,15 +90,16 @@ def scan_files(paths: Iterable[Path]) -> FileScan:
     """
     out = FileScan()
     tags = [*HEADER_TAGS, "PatientID"]
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
-            header = InstanceHeader.from_dataset(ds, path)
-        except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
-            out.unreadable.append(path)
-            continue
-        out.headers.append(header)
-        out.patients.append(patient_key(str(ds.get("PatientID", "")), header.study_uid))
+    with lenient_dicom():
+        for path in paths:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+                header = InstanceHeader.from_dataset(ds, path)
+            except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
+                out.unreadable.append(path)
+                continue
+            out.headers.append(header)
+            out.patients.append(patient_key(str(ds.get("PatientID", "")), header.study_uid))
     return out
 
 

@@ -9,7 +9,8 @@ Kaggle's order, images shuffled, some images' rows repeated), one flat
 ``stage_2_train/`` folder of ``ID_<9 hex>.dcm`` files (names hashed from the SOP
 Instance UID, so file order says nothing about slice order), a few truncated files
 (one cut inside the header, one inside the pixel data), one study shorter than the
-training window, studies with the RSNA pixel quirk (unsigned 12-bit, intercept 0,
+training window, Kaggle's ``ID_<hex>`` strings in place of Study/Series/SOP Instance
+UIDs, studies with the RSNA pixel quirk (unsigned 12-bit, intercept 0,
 negative HU stored as 12-bit two's complement), some patients with two studies,
 ``stage_2_test/`` with ``stage_2_sample_submission.csv``, and optionally a
 ``stage_1_train.csv`` list for the reference split.
@@ -39,12 +40,13 @@ from typing import Any
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from tqdm import tqdm
 
 from models.labels import LABELS
 from train.data import cq500, rsna
 from train.data.phantoms import PhantomSpec, WrittenStudy, random_spec, write_study
+from train.data.scan import lenient_dicom
 
 TRUTH_JSON = "synth-truth.json"
 #: Phantom seeds of data set ``seed`` start at ``seed * SEED_STRIDE``: seeds never overlap.
@@ -71,6 +73,11 @@ def write_quirk_file(path: Path, hu: NDArray[np.integer]) -> None:
     +3096 HU. ``models.dicom_io.stored_to_hu`` detects and wraps them back.
     """
     ds = pydicom.dcmread(path)
+    _set_quirk_pixels(ds, hu)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _set_quirk_pixels(ds: pydicom.Dataset, hu: NDArray[np.integer]) -> None:
     stored = np.mod(np.clip(hu.astype(np.int32), QUIRK_MIN_HU, 3071), 4096).astype("<u2")
     ds.BitsAllocated = 16
     ds.BitsStored = 12
@@ -79,7 +86,26 @@ def write_quirk_file(path: Path, hu: NDArray[np.integer]) -> None:
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.PixelData = stored.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+
+
+def kaggle_identifiers(
+    path: Path, study_id: str, series_id: str, quirk_hu: NDArray[np.integer] | None = None
+) -> None:
+    """Give ``path`` the identifiers of the Kaggle release, optionally with the quirk.
+
+    The published RSNA files replace UIDs with ``ID_<hex>`` strings (not valid UIDs, PS3.5
+    9.1): SOP Instance UID = the file's image id, Study and Series Instance UID = one
+    ``ID_<10 hex>`` each. Readers must cope with that, so the phantoms do it too.
+    """
+    with lenient_dicom():
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = path.stem
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(path.stem)
+        ds.StudyInstanceUID = study_id
+        ds.SeriesInstanceUID = series_id
+        if quirk_hu is not None:
+            _set_quirk_pixels(ds, quirk_hu)
+        ds.save_as(path, enforce_file_format=True)
 
 
 def truncate(path: Path, where: str) -> None:
@@ -164,11 +190,11 @@ def synth_rsna(
         )
         main = study.main
         assert main.slice_labels is not None
-        if i in quirk:
-            for path, hu in zip(main.files, study.volume.hu, strict=True):
-                write_quirk_file(path, hu)
+        study_id, series_id = _hex_id(rng), _hex_id(rng)
+        for path, hu in zip(main.files, study.volume.hu, strict=True):
+            kaggle_identifiers(path, study_id, series_id, hu if i in quirk else None)
         entry = {
-            "study_uid": study_uid,
+            "study_uid": study_id,
             "patient_id": patient,
             "n_slices": len(main.files),
             "image_ids": [p.stem for p in main.files],  # inferior -> superior
