@@ -148,14 +148,8 @@ def parse_instance(
 def read_file_ref(path: Path) -> InstanceRef:
     """The UIDs of a spooled file (header only, up to Series Instance UID)."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
-        return InstanceRef(
-            study_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-            series_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-            sop_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-            sop_class_uid=check_uid(ds.get("SOPClassUID"), "SOP Class UID"),
-            transfer_syntax=check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
-        )
+        with path.open("rb") as fh:
+            return _ref_from(read_partial(fh, stop_when=_stop_after_series_uid))
     except (InvalidUID, InvalidDicomError, EOFError, OSError, ValueError, KeyError,
             TypeError, AttributeError, NotImplementedError) as exc:  # fmt: skip
         raise BadInstance(f"unreadable spool file ({type(exc).__name__})") from exc

@@ -1,0 +1,164 @@
+"""The node as admins run it: ``serve`` until SIGTERM, restart mid-study, ``reindex``,
+``studies --json``, ``echo``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ingest.helpers import (
+    NODE_AET,
+    PEER_ENV,
+    SENTINEL_ID,
+    SENTINEL_NAME,
+    Node,
+    storescu,
+    wait_for,
+    write_config,
+)
+from typer.testing import CliRunner
+
+from dicom_node.cli import app
+from dicom_node.index import Index, StudyRow
+from train.data.phantoms import WrittenStudy
+
+
+class Served:
+    """``python -m dicom_node.cli serve`` in a subprocess, its log in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=self._fh,
+            env=PEER_ENV,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
+        assert line.startswith("listening on"), f"serve did not start: {log.read_text()}"
+        self.port = int(line.split()[2].rsplit(":", 1)[1])
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self._fh.close()
+
+
+def _study(index_db: Path, uid: str) -> StudyRow | None:
+    index = Index(index_db)
+    try:
+        return index.study(uid)
+    finally:
+        index.close()
+
+
+def test_restart_between_last_instance_and_deadline_still_completes(
+    phantom: WrittenStudy, tmp_path: Path
+) -> None:
+    quiet = 3.0
+    cfg = write_config(tmp_path, study={"quiet_seconds": quiet}, logging={"level": "INFO"})
+    log = tmp_path / "serve.log"
+    node = Served(cfg, log)
+    assert storescu(node.port, phantom.main.files).returncode == 0
+    assert node.stop() == 0  # SIGTERM: clean shutdown
+    # Stopped before the deadline: still receiving, and the timer is in the job store.
+    before = _study(tmp_path / "index.sqlite", phantom.study_uid)
+    assert before is not None
+    assert before.state == "receiving"
+    with sqlite3.connect(tmp_path / "jobs.sqlite") as db:
+        ids = {r[0] for r in db.execute("SELECT id FROM apscheduler_jobs")}
+    assert f"complete:{phantom.study_uid}" in ids
+
+    node = Served(cfg, log)
+    try:
+        done = wait_for(
+            lambda: (
+                (s := _study(tmp_path / "index.sqlite", phantom.study_uid)) is not None
+                and s.state == "complete"
+                and s
+            ),
+            timeout=30,
+            what="completion after restart",
+        )
+    finally:
+        assert node.stop() == 0
+    assert done.instances == len(phantom.main.files)
+    assert done.completed_at >= done.last_received + quiet
+    text = log.read_text()
+    assert "event=node.stopped" in text
+    for secret in (SENTINEL_NAME, SENTINEL_ID, phantom.study_uid):
+        assert secret not in text
+
+
+def test_reindex_rebuilds_a_deleted_index(
+    phantom: WrittenStudy, tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    root = tmp_path / "site"
+    node = start_node(root)
+    assert storescu(node.port, phantom.main.files).returncode == 0
+    node.wait_state(phantom.study_uid, "complete")
+    node.service.stop()
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (root / name).unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "reindex", "--config", str(node.config)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"reindexed {len(phantom.main.files)} instances in 1 studies" in proc.stdout
+    result = CliRunner().invoke(app, ["studies", "--config", str(node.config), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["study_uid"] == phantom.study_uid
+    assert row["instances"] == len(phantom.main.files)
+    assert row["series"] == 1
+    assert row["state"] == "receiving"  # processing history was in the lost index
+    assert row["reason"] is None
+    assert {"first_received", "last_received"} <= set(row)
+    # The next start gives it a deadline and completes it.
+    again = start_node(root)
+    again.wait_state(phantom.study_uid, "complete")
+
+
+def test_studies_json_lists_states_counts_and_reasons(
+    phantom: WrittenStudy, start_node: Callable[..., Node]
+) -> None:
+    node = start_node()
+    result = CliRunner().invoke(app, ["studies", "--config", str(node.config), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+    assert storescu(node.port, phantom.main.files).returncode == 0
+    node.wait_state(phantom.study_uid, "complete")
+    result = CliRunner().invoke(app, ["studies", "--config", str(node.config), "--json"])
+    (row,) = json.loads(result.stdout)
+    assert row["state"] == "complete"
+    assert row["instances"] == len(phantom.main.files)
+    table = CliRunner().invoke(app, ["studies", "--config", str(node.config)])
+    assert table.exit_code == 0
+    assert "complete" in table.stdout
+
+
+def test_echo_command(start_node: Callable[..., Node]) -> None:
+    node = start_node(node={"allowed_calling_aets": ["ADMIN"]})
+    ok = CliRunner().invoke(
+        app, ["echo", "127.0.0.1", str(node.port), NODE_AET, "--calling-aet", "ADMIN"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "success" in ok.stdout
+    refused = CliRunner().invoke(
+        app, ["echo", "127.0.0.1", str(node.port), NODE_AET, "--calling-aet", "OTHER"]
+    )
+    assert refused.exit_code == 1
