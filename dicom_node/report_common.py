@@ -10,7 +10,6 @@ new objects point at the ones they supersede. UIDs are ``2.25`` UUID-derived UID
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dicom_node import __version__ as NODE_VERSION
 from dicom_node.errors import PermanentError
 from models.checkpoint import CheckpointMeta
 from models.predict import SeriesPrediction
+from models.uids import derived_uid as models_derived_uid
 
 #: Manufacturer of our results (General Equipment, Contributing Equipment, observer device).
 MANUFACTURER: Final = "ich-triage-node (open source)"
@@ -50,7 +50,6 @@ _TYPE2_IDENTITY: Final = (
 
 
 #: Namespace of our name-based UUIDs (a fixed random UUID; changing it changes every UID).
-_UID_NAMESPACE: Final = uuid.UUID("5b0f8f3e-4c1e-4b7a-9a55-2f6c1d0e9b21")
 
 
 def derived_uid(*parts: str) -> str:
@@ -60,8 +59,7 @@ def derived_uid(*parts: str) -> str:
     name-based UUIDs. (``pydicom.uid.generate_uid(prefix=None)`` ignores ``entropy_srcs``
     and returns a random UUID, so it cannot give the same UID twice.) At most 44 chars.
     """
-    name = "\x1f".join(parts)
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+    return models_derived_uid("results", *parts)
 
 
 class ReportError(PermanentError):

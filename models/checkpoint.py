@@ -28,6 +28,7 @@ from models.errors import CheckpointError
 from models.labels import LABELS
 from models.network import CNNLSTM, NetworkConfig
 from models.preprocess import DEFAULT_WINDOWS, Window
+from models.uids import derived_uid
 
 FORMAT = "ich-cnn-lstm"
 FORMAT_VERSION = 1
@@ -125,16 +126,6 @@ class LoadedCheckpoint:
     sha256: str
 
 
-def uid_from_text(*parts: str) -> str:
-    """A DICOM UID under the 2.25 root derived from text (PS3.5 B.2, UUID-derived form).
-
-    The first 128 bits of SHA-256 of the parts, as a decimal integer: deterministic,
-    so the same inputs always give the same UID, and at most 44 characters.
-    """
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()[:16]
-    return f"2.25.{int.from_bytes(digest, 'big')}"
-
-
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over parameter names and bytes: the identity of the weights themselves."""
     h = hashlib.sha256()
@@ -154,7 +145,7 @@ def save_checkpoint(path: Path, model: CNNLSTM, meta: CheckpointMeta) -> Checkpo
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     digest = state_digest(state)
-    uid = uid_from_text(digest, meta.name)
+    uid = derived_uid("model", digest, meta.name)
     stamped = CheckpointMeta(
         **{
             **meta.__dict__,

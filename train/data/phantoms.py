@@ -9,8 +9,8 @@ independent random streams keyed by ``seed``, so the same spec always gives the 
 UIDs, and adding a bleed to a spec changes only the voxels of that bleed (and, for an
 intraparenchymal one, its edema rim), never an unlabelled slice.
 
-Only numpy and pydicom are used (no torch, no highdicom): the tests, the training package and
-the demo all import this module.
+Only numpy, pydicom and the torch-free models.uids are used (no torch, no highdicom): the
+tests, the training package and the demo all import this module.
 
 Geometry: the head fills the scanned range along z (skull base at the first slice, vertex at
 the last), so any slice count yields a whole head; in-plane sizes are in millimetres with a
@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import math
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,8 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+
+from models.uids import derived_uid
 
 __all__ = [
     "EXTRA_SERIES",
@@ -97,7 +98,6 @@ _STREAM_META: Final[int] = 4
 _STREAM_RANDOM_SPEC: Final[int] = 5
 _STREAM_BLEED: Final[int] = 10  # + index of the subtype in LABELS
 
-_UID_NAMESPACE: Final[uuid.UUID] = uuid.uuid5(uuid.NAMESPACE_OID, "ich-triage-node.phantoms")
 
 _UNCOMPRESSED: Final[tuple[UID, ...]] = (
     ExplicitVRLittleEndian,
@@ -816,7 +816,7 @@ def _uid(*parts: str) -> UID:
 
     (``pydicom.uid.generate_uid(prefix=None)`` ignores its entropy sources and is random.)
     """
-    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}")
+    return UID(derived_uid("phantoms", *parts))
 
 
 def _ds(value: float) -> str:
