@@ -92,10 +92,11 @@ def build_results(
 
     ``sources``: headers (pixels not needed) of every instance of the predicted series;
     ``series``: the same series as HU (the SC shows its key slices); ``meta``: the
-    checkpoint that made the prediction. ``generation`` counts re-processings of this
-    study (0 first). ``supersedes`` defaults, for ``generation > 0``, to the UIDs of
-    generation ``generation - 1`` of the same series and model; pass it explicitly when
-    the earlier result came from another series or model.
+    checkpoint that made the prediction. ``generation`` is the study's generation in the
+    index (it grows when late instances reopen a study); ``supersedes`` is the result
+    this one replaces, as recorded when it was made (None for a study's first result).
+    It is never guessed from ``generation``: the previous generation may have been
+    skipped, or made from another series or model.
 
     Raises :class:`ReportError` (a ``PermanentError``) when the inputs do not fit
     together; messages carry counts, never patient data or UIDs.
@@ -104,10 +105,6 @@ def build_results(
         raise ReportError("CT series and prediction are of different series")
     algorithm = AlgorithmInfo.from_meta(meta)
     uids = result_uids(prediction.study_uid, prediction.series_uid, meta.model_uid, generation)
-    if supersedes is None and generation > 0:
-        supersedes = result_uids(
-            prediction.study_uid, prediction.series_uid, meta.model_uid, generation - 1
-        )
     t0 = time.perf_counter()
     sr = build_sr(prediction, sources, algorithm, uids, supersedes)
     t1 = time.perf_counter()

@@ -240,7 +240,9 @@ def test_same_inputs_same_uids_new_generation_supersedes(
     assert again.sc.SOPInstanceUID == first.sc.SOPInstanceUID
     assert "PredecessorDocumentsSequence" not in first.sr
 
-    later = build_results(positive, source_headers, ct_series, meta, generation=1)
+    later = build_results(
+        positive, source_headers, ct_series, meta, generation=1, supersedes=first.uids
+    )
     assert later.sr.SOPInstanceUID != first.sr.SOPInstanceUID
     assert later.sr.SeriesInstanceUID != first.sr.SeriesInstanceUID
     assert later.sc.SOPInstanceUID != first.sc.SOPInstanceUID
@@ -260,7 +262,9 @@ def test_same_inputs_same_uids_new_generation_supersedes(
 def test_new_generation_dciodvfy_clean(
     tmp_path: Path, positive: SeriesPrediction, source_headers: list[Dataset], ct_series: CTSeries
 ) -> None:
-    res = build_results(positive, source_headers, ct_series, _meta(), generation=2)
+    meta = _meta()
+    earlier = result_uids(positive.study_uid, positive.series_uid, meta.model_uid, 1)
+    res = build_results(positive, source_headers, ct_series, meta, generation=2, supersedes=earlier)
     for path in res.save(tmp_path).values():
         assert dciodvfy_errors(path) == []
 
