@@ -62,6 +62,7 @@ def fit(
                     "best_epoch": result.best_epoch,
                     "best_val_loss": result.best_val_loss,
                     "steps": result.steps,
+                    "rank_digests": result.rank_digests,
                 }
             )
         )

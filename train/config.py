@@ -86,6 +86,9 @@ class RunSection(_Section):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     #: Cap on optimiser steps per epoch (smoke tests); 0 = a full pass over the studies.
     max_steps_per_epoch: int = 0
+    #: Stop after this many epochs in this invocation, to continue with ``--resume``
+    #: (time-limited cluster jobs); 0 = run to ``optim.epochs``.
+    stop_after_epochs: int = 0
     #: Stop after this many minutes of wall time (demo model); 0 = no limit.
     max_minutes: float = 0.0
     #: Horizontal-flip test-time augmentation during validation.

@@ -166,12 +166,12 @@ class WindowDataset(Dataset[dict[str, Any]]):
         w = self.window
         start = int(torch.randint(0, n - w + 1, (1,))) if n > w else 0
         stop = min(start + w, n)
-        imgs = np.asarray(self.store.images(key)[start:stop])
+        imgs = np.array(self.store.images(key)[start:stop])  # copy out of the memory map
         labs = np.asarray(self.store.slice_labels(key)[start:stop])
         images = torch.zeros((w, *imgs.shape[1:]), dtype=torch.uint8)
         labels = torch.zeros((w, NUM_CLASSES), dtype=torch.float32)
         mask = torch.zeros(w, dtype=torch.bool)
-        images[: stop - start] = torch.from_numpy(np.ascontiguousarray(imgs))
+        images[: stop - start] = torch.from_numpy(imgs)
         labels[: stop - start] = torch.from_numpy(labs.astype(np.float32))
         mask[: stop - start] = True
         return {"images": images, "labels": labels, "mask": mask, "key": key}
@@ -189,7 +189,7 @@ class StudyDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         key = self.keys[index]
-        images = torch.from_numpy(np.ascontiguousarray(self.store.images(key)))
+        images = torch.from_numpy(np.array(self.store.images(key)))
         labels = torch.from_numpy(self.store.slice_labels(key).astype(np.float32))
         return {"images": images, "labels": labels, "key": key}
 

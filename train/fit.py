@@ -73,6 +73,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     param_digest: str = ""
+    #: The parameter digest of every rank, in rank order (DDP keeps them identical).
+    rank_digests: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -531,8 +533,12 @@ def _fit(
         if out_of_time:
             log.info("fit.time_budget_reached", extra={"epoch": epoch + 1})
             break
+        if cfg.run.stop_after_epochs and epoch + 1 - start_epoch >= cfg.run.stop_after_epochs:
+            log.info("fit.stopped_for_resume", extra={"epoch": epoch + 1})
+            break
 
     digest = state_digest(dict(model.state_dict()))
+    digests = [str(d) for d in dd.gather_objects(info, digest)]
     return FitResult(
         out=out,
         last=last_path,
@@ -542,4 +548,5 @@ def _fit(
         history=history,
         steps=sched.step_count,
         param_digest=digest,
+        rank_digests=digests,
     )

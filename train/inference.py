@@ -55,7 +55,9 @@ def study_slice_probs(
     chunk: int = 32,
 ) -> NDArray[np.float32]:
     """Slice probabilities ``(Z, 6)`` of one study's uint8 ``(Z, 3, H, W)`` slices."""
-    x = to_model_input(torch.from_numpy(np.ascontiguousarray(images)).to(device), size)
+    x = to_model_input(
+        torch.from_numpy(np.array(images)).to(device), size
+    )  # copy: memmaps are read-only
     with autocast(device, dtype):
         probs = torch.sigmoid(model.predict_series(x, chunk=chunk).float())
         if tta:
