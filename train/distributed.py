@@ -111,6 +111,19 @@ def gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_buffers(info: DistInfo, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP syncs buffers at the start of each forward, so after the last training step the
+    ranks hold slightly different running statistics; validation and the saved
+    checkpoint must all use rank 0's.
+    """
+    if not info.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def broadcast_flag(info: DistInfo, flag: bool) -> bool:
     """Rank 0's boolean, on every rank (e.g. the time budget ran out)."""
     if not info.distributed:

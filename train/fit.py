@@ -73,7 +73,8 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     param_digest: str = ""
-    #: The parameter digest of every rank, in rank order (DDP keeps them identical).
+    #: The digest of every rank's parameters (buffers excluded), in rank order; DDP
+    #: keeps them identical.
     rank_digests: list[str] = field(default_factory=list)
 
 
@@ -457,6 +458,7 @@ def _fit(
         train_time = time.monotonic() - t_epoch
 
         # validation: each rank predicts its share of whole studies, rank 0 scores
+        dd.broadcast_buffers(info, model)
         t_val = time.monotonic()
         mine = data.val_keys[info.rank :: info.world_size]
         probs = predict_store(
@@ -537,7 +539,7 @@ def _fit(
             log.info("fit.stopped_for_resume", extra={"epoch": epoch + 1})
             break
 
-    digest = state_digest(dict(model.state_dict()))
+    digest = state_digest({n: p.detach() for n, p in model.named_parameters()})
     digests = [str(d) for d in dd.gather_objects(info, digest)]
     return FitResult(
         out=out,
