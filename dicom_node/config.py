@@ -59,6 +59,7 @@ class StorageSection(_Section):
     spool_dir: Path = Path("var/spool")
     index_db: Path = Path("var/index.sqlite")
     jobs_db: Path = Path("var/jobs.sqlite")
+    results_dir: Path = Path("var/results")
     min_free_disk_mb: int = Field(1024, ge=0)
     max_spool_gb: float = Field(100, gt=0)
     retention_days: float = Field(7, gt=0)
@@ -73,6 +74,7 @@ class StudySection(_Section):
 class InferenceSection(_Section):
     """Which checkpoint runs, and where."""
 
+    enabled: bool = True  # false: a receive-only node (studies stay ``complete``)
     checkpoint: Path = Path("var/models/demo.pt")
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     slice_chunk: int = Field(32, ge=1, description="slices per backbone forward pass")
@@ -88,6 +90,8 @@ class Destination(_Section):
     port: int = Field(ge=1, le=65535)
     send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
     max_attempts: int = Field(8, ge=1)
+    retry_base_s: float = Field(30.0, gt=0, description="first retry delay; doubles each time")
+    retry_cap_s: float = Field(3600.0, gt=0)
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -22,6 +22,7 @@ The schema lives here only, with :data:`SCHEMA_VERSION`. Later issues add column
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -45,7 +46,7 @@ STATES: Final[tuple[StudyState, ...]] = (
     "skipped",
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,8 +83,27 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
 """
 
+# Version 2: results of the worker (findings JSON, result record) and deliveries to PACS.
+_SCHEMA_V2: Final = """
+ALTER TABLE studies ADD COLUMN findings TEXT;
+ALTER TABLE studies ADD COLUMN result TEXT;
+CREATE TABLE IF NOT EXISTS deliveries (
+    study_uid   TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
+    destination TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (study_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
+"""
+
 # version -> SQL that brings the schema from version - 1 to version.
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1}
+_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+
+DeliveryState = Literal["pending", "sent", "failed"]
 
 
 class IndexDBError(NodeError):
@@ -131,6 +151,8 @@ class StudyRow:
     last_received: float
     state_changed: float
     completed_at: float | None
+    findings: dict[str, Any] | None = None
+    deliveries: tuple[DeliveryRow, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +168,30 @@ class StudyRow:
             "last_received": iso(self.last_received),
             "state_changed": iso(self.state_changed),
             "completed_at": iso(self.completed_at) if self.completed_at is not None else None,
+            "findings": self.findings,
+            "deliveries": {d.destination: d.to_json() for d in self.deliveries},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """The state of sending one study's results to one destination."""
+
+    study_uid: str
+    destination: str
+    generation: int
+    state: str
+    attempts: int
+    last_error: str | None
+    updated: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "generation": self.generation,
+            "updated": iso(self.updated),
         }
 
 
@@ -158,7 +204,7 @@ _STUDY_SELECT: Final = """
 SELECT s.study_uid, s.state, s.reason, s.generation,
        COUNT(i.sop_uid), COALESCE(SUM(i.eligible), 0), COUNT(DISTINCT i.series_uid),
        COALESCE(SUM(i.size), 0), s.first_received, s.last_received, s.state_changed,
-       s.completed_at
+       s.completed_at, s.findings
 FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid
 """
 
@@ -378,7 +424,7 @@ class Index:
             row = self._db.execute(
                 _STUDY_SELECT + " WHERE s.study_uid = ? GROUP BY s.study_uid", (study_uid,)
             ).fetchone()
-        return _study_row(row) if row else None
+        return _study_row(row, self.deliveries(study_uid)) if row else None
 
     def studies(self, states: Sequence[str] = ()) -> list[StudyRow]:
         sql = _STUDY_SELECT
@@ -387,7 +433,79 @@ class Index:
         sql += " GROUP BY s.study_uid ORDER BY s.first_received, s.study_uid"
         with self._lock:
             rows = self._db.execute(sql, tuple(states)).fetchall()
-        return [_study_row(r) for r in rows]
+        by_study: dict[str, list[DeliveryRow]] = {}
+        if rows:
+            for d in self.deliveries():
+                by_study.setdefault(d.study_uid, []).append(d)
+        return [_study_row(r, by_study.get(r[0], ())) for r in rows]
+
+    # -- results and deliveries (the worker's) ------------------------------------------
+
+    def save_result(self, study_uid: str, generation: int, findings: str, result: str) -> bool:
+        """Record a study's findings and result (JSON text): ``processing`` -> ``done``.
+
+        Guarded by ``generation``: a study reopened meanwhile keeps its new state.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET state = 'done', reason = NULL, findings = ?, result = ?, "
+                "state_changed = ? WHERE study_uid = ? AND state = 'processing' "
+                "AND generation = ?",
+                (findings, result, time.time(), study_uid, generation),
+            )
+            return cur.rowcount == 1
+
+    def result(self, study_uid: str) -> dict[str, Any] | None:
+        """The latest result record of a study (generation, UIDs, files, timings)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM studies WHERE study_uid = ?", (study_uid,)
+            ).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def set_delivery(
+        self,
+        study_uid: str,
+        destination: str,
+        generation: int,
+        state: DeliveryState,
+        attempts: int,
+        last_error: str | None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO deliveries (study_uid, destination, generation, state, attempts, "
+                "last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (study_uid, destination) DO UPDATE SET "
+                "generation = excluded.generation, state = excluded.state, "
+                "attempts = excluded.attempts, last_error = excluded.last_error, "
+                "updated = excluded.updated",
+                (study_uid, destination, generation, state, attempts, last_error, time.time()),
+            )
+
+    def delivery(self, study_uid: str, destination: str) -> DeliveryRow | None:
+        rows = [d for d in self.deliveries(study_uid) if d.destination == destination]
+        return rows[0] if rows else None
+
+    def deliveries(
+        self, study_uid: str | None = None, states: Sequence[str] = ()
+    ) -> list[DeliveryRow]:
+        sql = (
+            "SELECT study_uid, destination, generation, state, attempts, last_error, updated "
+            "FROM deliveries WHERE 1 = 1"
+        )
+        args: list[Any] = []
+        if study_uid is not None:
+            sql += " AND study_uid = ?"
+            args.append(study_uid)
+        if states:
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            args.extend(states)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY study_uid, destination", args).fetchall()
+        return [
+            DeliveryRow(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6])) for r in rows
+        ]
 
     def instances(self, study_uid: str) -> list[InstanceRow]:
         with self._lock:
@@ -419,7 +537,7 @@ class Index:
         return int(row[0])
 
 
-def _study_row(r: Sequence[Any]) -> StudyRow:
+def _study_row(r: Sequence[Any], deliveries: Sequence[DeliveryRow] = ()) -> StudyRow:
     return StudyRow(
         study_uid=r[0],
         state=r[1],
@@ -433,4 +551,6 @@ def _study_row(r: Sequence[Any]) -> StudyRow:
         last_received=float(r[9]),
         state_changed=float(r[10]),
         completed_at=float(r[11]) if r[11] is not None else None,
+        findings=json.loads(r[12]) if r[12] else None,
+        deliveries=tuple(deliveries),
     )

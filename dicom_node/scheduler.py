@@ -61,7 +61,12 @@ class StudyScheduler:
         jobs_db.parent.mkdir(parents=True, exist_ok=True)
         self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{jobs_db}")},
-            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            # Deliveries get their own threads: a PACS timing out must never delay the
+            # completion of studies.
+            executors={
+                "default": ThreadPoolExecutor(max_workers=workers),
+                "delivery": ThreadPoolExecutor(max_workers=workers),
+            },
             job_defaults={
                 "coalesce": True,
                 "misfire_grace_time": None,  # run however late: the node may have been down
@@ -141,3 +146,25 @@ class StudyScheduler:
             name="retention",
             replace_existing=True,
         )
+
+    def schedule_job(
+        self, func: str, job_id: str, at: float, args: list[str], *, name: str
+    ) -> None:
+        """(Re)place a one-shot job ``func(*args)`` at ``at`` on the delivery executor.
+
+        ``func`` is a text reference (``module:function``) so the job unpickles in a
+        restarted node; ``name`` is logged by APScheduler, so it must never be a UID.
+        """
+        self._scheduler.add_job(
+            func,
+            trigger="date",
+            run_date=datetime.fromtimestamp(at, UTC),
+            args=args,
+            id=job_id,
+            name=name,
+            executor="delivery",
+            replace_existing=True,
+        )
+
+    def has_job(self, job_id: str) -> bool:
+        return self._scheduler.get_job(job_id) is not None

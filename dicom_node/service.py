@@ -4,8 +4,9 @@ Start-up order matters for "never lose an acknowledged image":
 
 1. open the index, build the spool, and :meth:`~dicom_node.spool.Spool.reconcile` it
    (files an OS crash kept but the index lost are indexed again);
-2. register the assembler, then start the scheduler: overdue completion jobs from the
-   job store run now, against a registered runtime;
+2. load the checkpoint (once), start the inference worker (it requeues studies a crash
+   left ``processing``), register the assembler and the deliverer, then start the
+   scheduler: overdue completion and delivery jobs from the job store run now;
 3. give every ``receiving`` study without a job a deadline (``last + quiet``);
 4. only then listen for associations.
 
@@ -31,9 +32,16 @@ from dicom_node.assembly import (
     Assembler,
     CompletionHook,
     register_runtime,
+    registered_hooks,
     unregister_runtime,
 )
 from dicom_node.config import Settings
+from dicom_node.delivery import (
+    Deliverer,
+    DeliverySettings,
+    register_deliverer,
+    unregister_deliverer,
+)
 from dicom_node.handlers import (
     RejectLogger,
     StoreHandler,
@@ -45,7 +53,11 @@ from dicom_node.index import Index
 from dicom_node.logs import quiet_pynetdicom
 from dicom_node.scheduler import StudyScheduler
 from dicom_node.scp import NodelayAssociationServer, build_ae, start_server
+from dicom_node.scu import ScuTimeouts
 from dicom_node.spool import Spool, Stored
+from dicom_node.worker import InferenceWorker
+from models.errors import ModelsError
+from models.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,8 @@ class Service:
         self.spool: Spool | None = None
         self.scheduler: StudyScheduler | None = None
         self.assembler: Assembler | None = None
+        self.worker: InferenceWorker | None = None
+        self.deliverer: Deliverer | None = None
         self.ae: AE | None = None
         self.server: NodelayAssociationServer | None = None
         self._stopped = threading.Event()
@@ -102,6 +116,26 @@ class Service:
             runtime_key=self.key,
             debounce_s=self._debounce_s,
         )
+        hooks = list(self._hooks) if self._hooks is not None else list(registered_hooks())
+        if s.inference.enabled:
+            self.deliverer = Deliverer(
+                self.index,
+                self.scheduler,
+                list(s.destinations),
+                DeliverySettings(
+                    calling_ae_title=s.node.ae_title,
+                    timeouts=ScuTimeouts(
+                        acse_s=s.node.acse_timeout_s,
+                        dimse_s=s.node.dimse_timeout_s,
+                        network_s=s.node.network_timeout_s,
+                    ),
+                ),
+                runtime_key=self.key,
+                hash_key=s.logging.hash_key,
+            )
+            register_deliverer(self.key, self.deliverer)
+            self.worker = self._start_worker(self.deliverer)
+            hooks.append(self.worker.enqueue)
         self.assembler = Assembler(
             self.index,
             self.spool,
@@ -109,10 +143,12 @@ class Service:
             quiet_seconds=s.study.quiet_seconds,
             hash_key=s.logging.hash_key,
             retention_days=s.storage.retention_days,
-            hooks=self._hooks,
+            hooks=hooks,
         )
         register_runtime(self.key, self.assembler)
         self.scheduler.start()
+        if self.deliverer is not None:
+            self.deliverer.reconcile()
         self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
         pending = 0
         for study in self.index.studies(("receiving",)):
@@ -139,6 +175,46 @@ class Service:
         ]
         self.server = start_server(self.ae, s.node.host, s.node.port, handlers)
 
+    def _start_worker(self, deliverer: Deliverer) -> InferenceWorker:
+        """Load the checkpoint once; without a usable one the node still receives.
+
+        Studies then wait in ``queued`` (with the reason) until a node with a valid
+        checkpoint starts: nothing acknowledged is lost because a model file is missing.
+        """
+        s = self.settings
+        assert self.index is not None
+        predictor: Predictor | None = None
+        unavailable: str | None = None
+        try:
+            predictor = Predictor.from_path(
+                s.resolve(s.inference.checkpoint),
+                device=s.inference.device,
+                chunk=s.inference.slice_chunk,
+                amp=s.inference.amp,
+            )
+            log.info(
+                "model.loaded",
+                extra={
+                    "model_uid": predictor.meta.model_uid,
+                    "backbone": predictor.meta.network.backbone,
+                    "device": str(predictor.device),
+                    "demo": predictor.meta.demo,
+                },
+            )
+        except ModelsError as exc:
+            unavailable = f"no model loaded ({exc})"
+        worker = InferenceWorker(
+            self.index,
+            s.resolve(s.storage.spool_dir),
+            s.resolve(s.storage.results_dir),
+            predictor,
+            deliverer.enqueue,
+            hash_key=s.logging.hash_key,
+            unavailable=unavailable,
+        )
+        worker.start()
+        return worker
+
     def _on_stored(self, stored: Stored) -> None:
         assert self.scheduler is not None
         rec = stored.recorded
@@ -158,9 +234,12 @@ class Service:
                 time.sleep(0.05)
             for assoc in self.server.active_associations:
                 assoc.abort()  # past the grace period: the sender retries what we did not ack
+        if self.worker is not None:
+            self.worker.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         unregister_runtime(self.key)
+        unregister_deliverer(self.key)
         if self.index is not None:
             self.index.close()
         log.info("node.stopped")

@@ -43,7 +43,15 @@ class SeriesPrediction:
 
     @property
     def present(self) -> NDArray[np.bool_]:
-        return self.study_probs >= np.asarray(self.thresholds, dtype=np.float32)
+        """Per-class decisions at the checkpoint's thresholds, kept consistent.
+
+        ``any`` is present whenever a subtype is: a report saying "no hemorrhage" above
+        "subdural hemorrhage present" would mislead the reader; the probabilities stay
+        as the model gave them.
+        """
+        present = self.study_probs >= np.asarray(self.thresholds, dtype=np.float32)
+        present[0] |= bool(present[1:].any())
+        return present
 
     def findings(self) -> dict[str, dict[str, float | bool]]:
         """``{label: {"probability": p, "present": bool}}`` in canonical label order."""

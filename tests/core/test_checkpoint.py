@@ -136,9 +136,24 @@ def test_predictor_applies_checkpoint_thresholds(tmp_path: Path) -> None:
     out = pred(series)
     assert out.slice_probs.shape == (7, 6)
     np.testing.assert_allclose(out.study_probs, out.slice_probs.max(axis=0), rtol=1e-5)
-    assert list(out.present) == [
-        bool(p >= t) for p, t in zip(out.study_probs, stored.thresholds, strict=True)
-    ]
+    expected = [bool(p >= t) for p, t in zip(out.study_probs, stored.thresholds, strict=True)]
+    expected[0] = expected[0] or any(expected[1:])
+    assert list(out.present) == expected
     assert list(out.findings()) == list(LABELS)
     assert len(out.top_slices(3)) == 3
     assert set(out.top_slices(3)) <= set(series.sop_uids)
+
+
+def test_any_is_present_when_a_subtype_is() -> None:
+    from models.predict import SeriesPrediction
+
+    pred = SeriesPrediction(
+        study_uid="1.2",
+        series_uid="1.2.3",
+        sop_uids=["1.2.3.1"],
+        slice_probs=np.array([[0.3, 0.1, 0.1, 0.1, 0.1, 0.9]], dtype=np.float32),
+        study_probs=np.array([0.3, 0.1, 0.1, 0.1, 0.1, 0.9], dtype=np.float32),
+        thresholds=(0.5,) * 6,
+    )
+    assert pred.present.tolist() == [True, False, False, False, False, True]
+    assert pred.findings()["any"] == {"probability": pytest.approx(0.3), "present": True}

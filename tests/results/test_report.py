@@ -137,7 +137,7 @@ def test_sr_probabilities_decisions_and_references(
         p = float(meas.value)
         assert 0.0 <= p <= 1.0
         assert p == pytest.approx(float(positive.study_probs[i]), abs=1e-6)
-        present = bool(positive.study_probs[i] >= positive.thresholds[i])
+        present = bool(positive.present[i])
         (qual,) = group.get_qualitative_evaluations()
         assert qual.value.value == ("52101004" if present else "272519000")
         refs = [r.referenced_sop_instance_uid for r in meas.referenced_images]
