@@ -128,6 +128,8 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
             "min_free_disk_mb": 1,
         },
         "study": {"quiet_seconds": 1},
+        # Receive-only: these tests are about ingest; studies stay ``complete``.
+        "inference": {"enabled": False},
         "logging": {"level": "DEBUG", "hash_key": "test-key"},
     }
     for name, values in sections.items():
