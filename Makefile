@@ -39,7 +39,7 @@ test: venv debs lint
 	$(BIN)/pytest
 
 demo: venv debs
-	$(BIN)/python -m dicom_node.demo
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf var/demo

@@ -1,0 +1,289 @@
+"""``make demo``: the whole loop a hospital would see, on one machine, with phantoms.
+
+1. a checkpoint: ``inference.checkpoint`` of the embedded defaults (``var/models/demo.pt``);
+   when missing, a small CNN-LSTM is trained on synthetic phantoms (``python -m train
+   demo-model``; its metadata says it is a phantom-trained demo, NOT for clinical use);
+2. a PACS: a real Orthanc when installed (else a pynetdicom Storage SCP stands in);
+3. the node: ``dicom-node serve`` on its embedded defaults, with environment overrides
+   only for what a demo needs (free ports, a 5 s quiet period, state under var/demo);
+4. two phantom head CTs, one with bleeds and one without, uploaded to the PACS and sent
+   by the PACS to the node (C-STORE), exactly as a routing rule would;
+5. waits until the Structured Report and the Secondary Capture are back in the PACS, in
+   the patient's own study, and prints the findings read from the SR that arrived;
+6. stops everything it started.
+
+This script sits outside both packages: it may use the node and the phantom generator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import pydicom
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dicom_node.config import load_settings  # noqa: E402
+from models.checkpoint import read_meta  # noqa: E402
+from models.errors import CheckpointError  # noqa: E402
+from models.labels import LABELS  # noqa: E402
+from train.data.phantoms import PhantomSpec, write_study  # noqa: E402
+
+ORTHANC = "/usr/sbin/Orthanc"
+PRESENT = "52101004"
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - probing the node's default bind
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+
+
+def ensure_checkpoint(path: Path) -> None:
+    try:
+        meta = read_meta(path)
+        console.print(f"checkpoint: {path} ({meta.name}, {meta.trained_on})")
+        return
+    except CheckpointError:
+        pass
+    console.rule("no checkpoint yet: training a small demo model on phantoms (a few minutes)")
+    subprocess.run(
+        [sys.executable, "-m", "train", "demo-model", "--out", str(path)], cwd=REPO, check=True
+    )
+
+
+class OrthancPacs:
+    """A real Orthanc on free ports with the node as modality ``ichnode``."""
+
+    def __init__(self, root: Path, node_port: int, node_aet: str) -> None:
+        self.root = root
+        self.http = free_port()
+        self.dicom = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "DEMO-PACS",
+            "StorageDirectory": str(root / "db"),
+            "IndexDirectory": str(root / "db"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"ichnode": [node_aet, "127.0.0.1", node_port]},
+            "Plugins": [],
+        }
+        (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
+        self.proc = subprocess.Popen(
+            [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for("Orthanc", self._ready, 30)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"demo: Orthanc exited ({self.root / 'orthanc.log'})")
+        try:
+            self.get("/system")
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return True
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", body, method=method)
+        with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback only
+            data = resp.read()
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def start_node(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dicom-node")), "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    port = int(env["ICH_NODE__PORT"])
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the node exited, see {log_path}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for("the node to listen", listening, 120)
+    return proc
+
+
+def stop_node(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: the node finishes what it holds and shuts down cleanly."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+
+
+def sr_findings(ds: pydicom.Dataset) -> dict[str, tuple[float, bool]]:
+    """Probability and Present/Absent per finding, read from our TID 1500 SR."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    groups = sr.content.get_image_measurement_groups()  # type: ignore[attr-defined]
+    out: dict[str, tuple[float, bool]] = {}
+    for label, group in zip(LABELS, groups, strict=True):
+        (meas,) = group.get_measurements()
+        (qual,) = group.get_qualitative_evaluations()
+        out[label] = (float(meas.value), qual.value.value == PRESENT)
+    return out
+
+
+def main() -> None:
+    work = REPO / "var" / "demo"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    settings = load_settings(None)
+    checkpoint = REPO / settings.inference.checkpoint
+    ensure_checkpoint(checkpoint)
+    if not Path(ORTHANC).exists():
+        raise SystemExit("demo: Orthanc is not installed; run `make debs` (apt-get orthanc)")
+
+    node_port = settings.node.port if port_free(settings.node.port) else free_port()
+    with ExitStack() as stack:
+        pacs = OrthancPacs(work / "orthanc", node_port, settings.node.ae_title)
+        stack.callback(pacs.stop)
+        env = {
+            **os.environ,
+            "ICH_NODE__PORT": str(node_port),
+            "ICH_STUDY__QUIET_SECONDS": "5",
+            "ICH_STORAGE__SPOOL_DIR": str(work / "node" / "spool"),
+            "ICH_STORAGE__INDEX_DB": str(work / "node" / "index.sqlite"),
+            "ICH_STORAGE__JOBS_DB": str(work / "node" / "jobs.sqlite"),
+            "ICH_STORAGE__RESULTS_DIR": str(work / "node" / "results"),
+            "ICH_STORAGE__MIN_FREE_DISK_MB": "64",
+            "ICH_INFERENCE__CHECKPOINT": str(checkpoint),
+            "ICH_DESTINATIONS": json.dumps(
+                [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom}]
+            ),
+            "TCP_NODELAY": "1",
+        }
+        console.print(
+            f"PACS: Orthanc AE ORTHANC, DICOM port {pacs.dicom}, web http://127.0.0.1:{pacs.http}"
+        )
+        node = start_node(env, work / "node.log")
+        stack.callback(stop_node, node)
+        console.print(
+            f"node: {settings.node.ae_title} on port {node_port} (log {work / 'node.log'})"
+        )
+
+        cases = [
+            ("bleed", PhantomSpec(seed=11, n_slices=32, bleeds=("subdural", "intraparenchymal"))),
+            ("normal", PhantomSpec(seed=12, n_slices=32)),
+        ]
+        studies = []
+        for name, spec in cases:
+            written = write_study(work / "studies" / name, spec, extra_series=("localizer",))
+            ids = {
+                pacs.request("POST", "/instances", p.read_bytes())["ParentStudy"]
+                for p in written.files
+            }
+            (orthanc_id,) = ids
+            truth = [LABELS[i] for i in range(1, 6) if written.volume.study_labels[i]]
+            studies.append((name, written, orthanc_id, truth))
+            console.print(f"uploaded {name} study to the PACS: {len(written.files)} images")
+        t0 = time.monotonic()
+        for _, _, orthanc_id, _ in studies:
+            pacs.request("POST", "/modalities/ichnode/store", orthanc_id.encode())
+        console.print("the PACS sent both studies to the node; waiting for results ...")
+
+        def results(orthanc_id: str) -> dict[str, str] | None:
+            found: dict[str, str] = {}
+            for series in pacs.get(f"/studies/{orthanc_id}/series"):
+                modality = series["MainDicomTags"].get("Modality")
+                if modality in ("SR", "OT") and series["Instances"]:
+                    found[modality] = series["Instances"][0]
+            return found if len(found) == 2 else None
+
+        table = Table(title="findings, read from the SR that arrived in the PACS")
+        table.add_column("study")
+        table.add_column("truth (phantom)")
+        for label in LABELS:
+            table.add_column(label, justify="right")
+        for name, written, orthanc_id, truth in studies:
+            found = wait_for(f"results of the {name} study", partial(results, orthanc_id), 600)
+            raw = pacs.request("GET", f"/instances/{found['SR']}/file")
+            sr = pydicom.dcmread(io.BytesIO(raw))
+            assert sr.StudyInstanceUID == written.study_uid
+            cells = [
+                (f"[bold red]{p:.2f} YES[/]" if present else f"{p:.2f}")
+                for p, present in sr_findings(sr).values()
+            ]
+            table.add_row(name, ", ".join(truth) or "no bleed", *cells)
+            console.print(
+                f"{name}: SR and Secondary Capture stored in the PACS, in the patient's own "
+                f"study: http://127.0.0.1:{pacs.http}/app/explorer.html#study?uuid={orthanc_id}"
+            )
+        console.print(table)
+        console.print(
+            f"results back in the PACS {time.monotonic() - t0:.1f} s after sending "
+            "(including the 5 s quiet period that decides a study is complete)"
+        )
+        meta = read_meta(checkpoint)
+        if meta.demo:
+            console.print("[yellow]demo model trained on synthetic phantoms: NOT for clinical use")
+        if os.environ.get("DEMO_KEEP"):
+            console.print("DEMO_KEEP set: press Ctrl-C to stop the PACS and the node")
+            with suppress(KeyboardInterrupt):
+                signal.pause()
+    console.print("stopped the node and the PACS")
+
+
+if __name__ == "__main__":
+    main()
