@@ -199,7 +199,7 @@ def demo_model(
         "var/models/demo.pt"
     ),
     minutes: Annotated[float, typer.Option(help="time budget (CPU)")] = 5.0,
-    train_studies: Annotated[int, typer.Option()] = 120,
+    train_studies: Annotated[int, typer.Option()] = 150,
     val_studies: Annotated[int, typer.Option()] = 40,
     seed: Annotated[int, typer.Option()] = 0,
     overrides: Annotated[list[str] | None, typer.Argument(help="fit overrides key=value")] = None,
