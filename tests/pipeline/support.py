@@ -1,0 +1,273 @@
+"""Helpers for the pipeline tests: random-init checkpoints, a recording PACS, node configs.
+
+Everything here drives real peers (pynetdicom Storage SCPs on loopback, Orthanc, the node
+itself); the ingest helpers (``ingest.helpers``) are reused, not copied.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+from ingest.helpers import PEER_ENV, SENTINEL_ID, SENTINEL_NAME, write_config
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from models.checkpoint import CheckpointMeta, save_checkpoint
+from models.network import CNNLSTM, NetworkConfig
+from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
+
+PACS_AET = "PACS"
+
+#: Thresholds that make a random-init model's decisions deterministic: ``any`` and
+#: ``epidural`` are always present (threshold 0), the other four always absent (a sigmoid
+#: never reaches 1.0 for a random-init network's logits). Plumbing, not accuracy.
+THRESHOLDS = (0.0, 0.0, 1.0, 1.0, 1.0, 1.0)
+EXPECTED_PRESENT = (True, True, False, False, False, False)
+
+
+def make_checkpoint(path: Path, input_size: int = 64, backbone: str = "resnet18") -> str:
+    """A random-init checkpoint (no download, no training); returns its model UID."""
+    cfg = NetworkConfig(backbone=backbone, lstm_hidden=16)
+    meta = save_checkpoint(
+        path,
+        CNNLSTM(cfg),
+        CheckpointMeta(
+            network=cfg, input_size=input_size, thresholds=THRESHOLDS, trained_on="random-init"
+        ),
+    )
+    return meta.model_uid
+
+
+def phantom(
+    out: Path,
+    seed: int,
+    *,
+    n_slices: int = 10,
+    size: int = 64,
+    bleeds: tuple[str, ...] = (),
+    body_part: str = "HEAD",
+    modality: str = "CT",
+) -> WrittenStudy:
+    """A small phantom study with the sentinel patient name and ID."""
+    spec = PhantomSpec(
+        seed=seed,
+        n_slices=n_slices,
+        size=size,
+        bleeds=bleeds,
+        patient_name=SENTINEL_NAME,
+        patient_id=SENTINEL_ID,
+        body_part=body_part,
+        modality=modality,
+    )
+    return write_study(out, spec)
+
+
+def pipeline_config(
+    root: Path,
+    checkpoint: Path,
+    destinations: list[dict[str, Any]],
+    **sections: dict[str, Any],
+) -> Path:
+    """A node config with inference on (CPU) and ``destinations``; quiet period 1 s."""
+    inference = {"enabled": True, "checkpoint": str(checkpoint), "device": "cpu", "amp": False}
+    inference.update(sections.pop("inference", {}))
+    cfg = write_config(
+        root,
+        inference=inference,
+        storage={"results_dir": "results"},
+        logging={"level": "DEBUG", "hash_key": "test-key"},
+        **sections,
+    )
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    data["destinations"] = destinations
+    cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return cfg
+
+
+def destination(
+    port: int,
+    *,
+    name: str = "pacs",
+    ae_title: str = PACS_AET,
+    retry_base_s: float = 0.3,
+    max_attempts: int = 8,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "ae_title": ae_title,
+        "host": "127.0.0.1",
+        "port": port,
+        "send": ["sr", "sc"],
+        "max_attempts": max_attempts,
+        "retry_base_s": retry_base_s,
+        "retry_cap_s": 2.0,
+    }
+
+
+@dataclass
+class RecordingPacs:
+    """A pynetdicom Storage SCP that keeps every dataset it acknowledged."""
+
+    server: ThreadedAssociationServer
+    received: list[Dataset] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def handle_store(self, event: Event) -> int:
+        ds = pydicom.dcmread(io.BytesIO(event.encoded_dataset()))
+        with self._lock:
+            self.received.append(ds)
+        return 0x0000
+
+    def sop_counts(self) -> Counter[str]:
+        with self._lock:
+            return Counter(str(ds.SOPInstanceUID) for ds in self.received)
+
+    def by_class(self, sop_class: str) -> list[Dataset]:
+        with self._lock:
+            return [ds for ds in self.received if ds.SOPClassUID == sop_class]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def start_pacs(
+    port: int = 0, *, ae_title: str = PACS_AET, require_calling_aet: list[str] | None = None
+) -> RecordingPacs:
+    """Start a recording Storage SCP on 127.0.0.1:``port`` (0 = any free port).
+
+    ``start_server`` returns once the socket listens, so no readiness wait is needed.
+    """
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = StoragePresentationContexts
+    if require_calling_aet is not None:
+        ae.require_calling_aet = require_calling_aet
+    holder: list[RecordingPacs] = []
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda e: holder[0].handle_store(e))],
+    )
+    pacs = RecordingPacs(server)
+    holder.append(pacs)
+    return pacs
+
+
+def study_state(index_db: Path, study_uid: str) -> dict[str, Any] | None:
+    """A study's state, result and deliveries, read from the index without writing to it
+    (the node in another process owns the file; a read-only connection cannot disturb it)."""
+    if not index_db.exists():
+        return None
+    db = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True, timeout=10)
+    try:
+        row = db.execute(
+            "SELECT state, reason, generation, result FROM studies WHERE study_uid = ?",
+            (study_uid,),
+        ).fetchone()
+        if row is None:
+            return None
+        deliveries = {
+            d[0]: {"state": d[1], "attempts": int(d[2]), "generation": int(d[3])}
+            for d in db.execute(
+                "SELECT destination, state, attempts, generation FROM deliveries "
+                "WHERE study_uid = ?",
+                (study_uid,),
+            )
+        }
+    except sqlite3.OperationalError:  # the node is still creating its schema
+        return None
+    finally:
+        db.close()
+    return {
+        "state": row[0],
+        "reason": row[1],
+        "generation": int(row[2]),
+        "result": json.loads(row[3]) if row[3] else None,
+        "deliveries": deliveries,
+    }
+
+
+def phi_of(study: WrittenStudy) -> list[str]:
+    """Identifying values of a phantom study that must never reach a log line."""
+    ds = pydicom.dcmread(study.main.files[0], stop_before_pixels=True)
+    values = [SENTINEL_NAME, SENTINEL_ID, study.study_uid, str(ds.AccessionNumber)]
+    values += [str(ds.SeriesInstanceUID), *study.main.sop_uids]
+    return [v for v in values if v]
+
+
+def assert_no_phi(log_text: str, *studies: WrittenStudy) -> None:
+    """No patient name/ID, accession number or instance UID of ``studies`` in ``log_text``."""
+    assert log_text, "nothing was logged: the check would be vacuous"
+    for study in studies:
+        for value in phi_of(study):
+            assert value not in log_text, "patient data or a UID reached the node's log"
+
+
+def http_bytes(url: str, timeout: float = 30) -> bytes:
+    """GET ``url`` and return the body (Orthanc's ``/instances/{id}/file``)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback Orthanc only
+        return bytes(resp.read())
+
+
+class ServeProcess:
+    """``python -m dicom_node.cli serve --config F`` as a subprocess, its log in a file.
+
+    The constructor returns once the node prints that it listens (model loaded, worker
+    started): that line is the readiness signal, no sleep.
+    """
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=self._fh,
+            env=PEER_ENV,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
+        if not line.startswith("listening on"):
+            self.kill()
+            raise AssertionError(f"serve did not start: {log.read_text(encoding='utf-8')}")
+        self.port = int(line.split()[2].rsplit(":", 1)[1])
+
+    def _close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._fh.close()
+
+    def kill(self) -> int:
+        """SIGKILL: no shutdown code runs, as in a power cut of the process."""
+        self.proc.send_signal(signal.SIGKILL)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._close()
+
+    def stop(self) -> int:
+        """SIGTERM: a clean shutdown."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self._close()

@@ -1,0 +1,101 @@
+"""The node killed (SIGKILL) while a study is ``processing``: after a restart the study is
+processed again and its results reach the PACS once.
+
+The node runs as ``dicom-node serve`` in a subprocess; its state is read from the index
+with a read-only SQLite connection. Processing is made slow enough to catch (a 256-pixel
+model on 24 slices, a few seconds on 2 CPU cores); the test waits for ``processing``
+rather than for a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ingest.helpers import storescu, wait_for
+from pipeline.support import (
+    RecordingPacs,
+    ServeProcess,
+    assert_no_phi,
+    destination,
+    make_checkpoint,
+    phantom,
+    pipeline_config,
+    study_state,
+)
+from typer.testing import CliRunner
+
+from dicom_node.cli import app
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slow-model") / "random-r18-256.pt"
+    make_checkpoint(path, input_size=256)
+    return path
+
+
+def test_killed_while_processing_resumes_and_delivers_once(
+    tmp_path: Path, slow_checkpoint: Path, pacs_factory: Callable[..., RecordingPacs]
+) -> None:
+    pacs = pacs_factory()
+    root = tmp_path / "site"
+    root.mkdir()
+    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)])
+    index_db = root / "index.sqlite"
+    log = tmp_path / "serve.log"
+    study = phantom(tmp_path / "src", seed=71, n_slices=24, size=128)
+
+    def state() -> dict[str, Any] | None:
+        return study_state(index_db, study.study_uid)
+
+    node = ServeProcess(cfg, log)
+    try:
+        assert storescu(node.port, study.main.files).returncode == 0
+        wait_for(
+            lambda: (s := state()) is not None and s["state"] == "processing",
+            60,
+            "the study to be processing",
+        )
+    finally:
+        node.kill()
+    killed = state()
+    assert killed is not None
+    assert killed["state"] == "processing"  # the crash left it there
+    assert killed["result"] is None
+    assert pacs.received == []
+
+    node = ServeProcess(cfg, log)
+    try:
+        final = wait_for(
+            lambda: (
+                (s := state()) is not None
+                and s["deliveries"].get("pacs", {}).get("state") == "sent"
+                and s
+            ),
+            120,
+            "the results delivered after the restart",
+        )
+        listed = CliRunner().invoke(app, ["studies", "--config", str(cfg), "--json"])
+    finally:
+        assert node.stop() == 0
+    assert final["state"] == "done"
+    assert final["generation"] == 1
+    assert final["deliveries"]["pacs"]["attempts"] == 1
+    counts = pacs.sop_counts()
+    assert len(counts) == 2  # one SR, one SC
+    assert set(counts.values()) == {1}  # each received once
+    assert set(counts) == {
+        final["result"]["uids"]["sr_instance"],
+        final["result"]["uids"]["sc_instance"],
+    }
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert row["state"] == "done"
+    assert row["deliveries"]["pacs"]["state"] == "sent"
+    text = log.read_text(encoding="utf-8")
+    assert "event=worker.resumed" in text
+    assert_no_phi(text, study)

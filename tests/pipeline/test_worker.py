@@ -1,0 +1,171 @@
+"""The inference worker with real peers: dcmtk storescu sends, a pynetdicom PACS receives.
+
+Each test runs a node in this process with a random-init checkpoint (plumbing, not
+accuracy) and follows studies through ``queued -> processing -> done | failed | skipped``
+to the objects the PACS acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import pydicom
+from ingest.helpers import Node, storescu, wait_for
+from pipeline.support import (
+    EXPECTED_PRESENT,
+    RecordingPacs,
+    assert_no_phi,
+    destination,
+    phantom,
+)
+from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage, SecondaryCaptureImageStorage
+
+from dicom_node.index import StudyRow
+from models.labels import LABELS
+
+FINAL = ("done", "failed", "skipped")
+
+
+def wait_study(
+    node: Node, uid: str, check: Callable[[StudyRow], bool], what: str, timeout: float = 60
+) -> StudyRow:
+    def probe() -> StudyRow | None:
+        s = node.study(uid)
+        return s if s is not None and check(s) else None
+
+    return wait_for(probe, timeout, what)  # type: ignore[no-any-return]
+
+
+def delivered(study: StudyRow, generation: int | None = None) -> bool:
+    return any(
+        d.state == "sent" and (generation is None or d.generation == generation)
+        for d in study.deliveries
+    )
+
+
+def test_late_instances_reopen_and_the_new_sr_supersedes_the_old(
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    pacs_factory: Callable[..., RecordingPacs],
+) -> None:
+    pacs = pacs_factory()
+    node = start_node([destination(pacs.port)])
+    study = phantom(tmp_path / "late", seed=21, n_slices=12)
+    files = study.main.files  # inferior to superior
+    assert storescu(node.port, files[:11]).returncode == 0
+    first = wait_study(node, study.study_uid, delivered, "generation 1 delivered")
+    assert first.state == "done"
+    assert first.generation == 1
+    assert first.findings is not None
+    assert list(first.findings) == list(LABELS)
+    assert [f["present"] for f in first.findings.values()] == list(EXPECTED_PRESENT)
+    (sr1,) = pacs.by_class(Comprehensive3DSRStorage)
+    (sc1,) = pacs.by_class(SecondaryCaptureImageStorage)
+    assert "PredecessorDocumentsSequence" not in sr1
+
+    assert storescu(node.port, files[11:]).returncode == 0  # a late slice
+    second = wait_study(node, study.study_uid, lambda s: delivered(s, 2), "generation 2 delivered")
+    assert second.state == "done"
+    assert second.generation == 2
+    assert second.instances == 12
+    srs = pacs.by_class(Comprehensive3DSRStorage)
+    scs = pacs.by_class(SecondaryCaptureImageStorage)
+    assert len(srs) == 2
+    assert len(scs) == 2
+    sr2 = next(ds for ds in srs if ds.SOPInstanceUID != sr1.SOPInstanceUID)
+    sc2 = next(ds for ds in scs if ds.SOPInstanceUID != sc1.SOPInstanceUID)
+    (pred_study,) = sr2.PredecessorDocumentsSequence
+    (pred_series,) = pred_study.ReferencedSeriesSequence
+    (pred,) = pred_series.ReferencedSOPSequence
+    assert pred_study.StudyInstanceUID == study.study_uid
+    assert pred_series.SeriesInstanceUID == sr1.SeriesInstanceUID
+    assert pred.ReferencedSOPInstanceUID == sr1.SOPInstanceUID
+    assert sc2.ReferencedImageSequence[0].ReferencedSOPInstanceUID == sc1.SOPInstanceUID
+    # The new SR's evidence is the whole series now, late slice included.
+    evidence = {e[2] for e in hd.sr.srread(_as_file(sr2, tmp_path / "sr2.dcm")).get_evidence()}
+    assert evidence == set(study.main.sop_uids)
+    assert all(n == 1 for n in pacs.sop_counts().values())
+    assert_no_phi(node.log.getvalue(), study)
+
+
+def _as_file(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _mr_only(out: Path, seed: int) -> Any:
+    """A phantom re-labelled as MR Image Storage (the node must store it, not classify it)."""
+    study = phantom(out, seed=seed, n_slices=10)
+    for f in study.main.files:
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = MRImageStorage
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.Modality = "MR"
+        ds.save_as(f, enforce_file_format=True)
+    return study
+
+
+def test_not_eligible_studies_are_skipped_with_a_reason_and_nothing_is_sent(
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    pacs_factory: Callable[..., RecordingPacs],
+) -> None:
+    pacs = pacs_factory()
+    node = start_node([destination(pacs.port)])
+    chest = phantom(tmp_path / "chest", seed=31, n_slices=10, body_part="CHEST")
+    mr_modality = phantom(tmp_path / "mrmod", seed=32, n_slices=10, modality="MR")
+    mr_class = _mr_only(tmp_path / "mrclass", seed=33)
+    for s in (chest, mr_modality, mr_class):
+        assert storescu(node.port, s.main.files).returncode == 0
+    rows = {
+        s.study_uid: wait_study(node, s.study_uid, lambda r: r.state in FINAL, "a final state")
+        for s in (chest, mr_modality, mr_class)
+    }
+    for row in rows.values():
+        assert row.state == "skipped"
+        assert row.findings is None
+        assert row.deliveries == ()
+    assert rows[chest.study_uid].reason == "BodyPartExamined CHEST is not head"
+    assert rows[mr_modality.study_uid].reason == "no CT series (modality MR)"
+    reason = rows[mr_class.study_uid].reason
+    assert reason is not None
+    assert reason.startswith("no CT image in study")
+    assert "MR Image Storage" in reason
+    # Nothing can still be in flight: delivery is only ever enqueued by a ``done`` study.
+    assert pacs.received == []
+    assert node.service.worker is not None
+    assert node.service.worker.idle()
+    assert_no_phi(node.log.getvalue(), chest, mr_modality, mr_class)
+
+
+def test_corrupt_slice_fails_its_study_and_the_node_keeps_serving(
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    pacs_factory: Callable[..., RecordingPacs],
+) -> None:
+    pacs = pacs_factory()
+    node = start_node([destination(pacs.port)])
+    broken = phantom(tmp_path / "broken", seed=41, n_slices=10)
+    victim = broken.main.files[4]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[:1000]  # truncated: headers fine, pixels undecodable
+    ds.save_as(victim, enforce_file_format=True)
+    assert storescu(node.port, broken.main.files).returncode == 0  # stored as received
+    failed = wait_study(node, broken.study_uid, lambda s: s.state in FINAL, "a final state")
+    assert failed.state == "failed"
+    assert failed.reason is not None
+    assert failed.reason.startswith("cannot read study:")
+    assert "pixel data" in failed.reason
+    assert failed.deliveries == ()
+
+    good = phantom(tmp_path / "good", seed=42, n_slices=10)
+    assert storescu(node.port, good.main.files).returncode == 0
+    done = wait_study(node, good.study_uid, delivered, "the next study delivered")
+    assert done.state == "done"
+    assert {str(d.StudyInstanceUID) for d in pacs.received} == {good.study_uid}
+    assert len(pacs.received) == 2
+    assert node.study(broken.study_uid).state == "failed"
+    assert_no_phi(node.log.getvalue(), broken, good)
