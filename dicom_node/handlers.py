@@ -28,7 +28,8 @@ from dicom_node.spool import (
     Spool,
     SpoolFull,
     Stored,
-    parse_instance,
+    parse_dataset,
+    part10_header,
 )
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,15 @@ class StoreHandler:
 
     def __call__(self, event: Event) -> int:
         try:
-            data = event.encoded_dataset(include_meta=True)
+            raw = event.encoded_dataset(include_meta=False)
             req = cast(C_STORE, event.request)
-            ref = parse_instance(
-                data,
+            ref = parse_dataset(
+                raw,
+                str(event.context.transfer_syntax),
                 command_sop_class=str(req.AffectedSOPClassUID or "").rstrip("\x00 ") or None,
                 command_sop_instance=str(req.AffectedSOPInstanceUID or "").rstrip("\x00 ") or None,
             )
+            header = part10_header(ref, _calling_aet(event))
         except BadInstance as exc:
             log.warning(
                 "store.rejected",
@@ -74,7 +77,7 @@ class StoreHandler:
             log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
             return CANNOT_UNDERSTAND
         try:
-            stored = self.spool.put(ref, data)
+            stored = self.spool.put(ref, raw, header=header)
         except SpoolFull:
             return OUT_OF_RESOURCES  # logged once a minute by the spool's guard
         except (OSError, IndexDBError, sqlite3.Error) as exc:

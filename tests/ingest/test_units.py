@@ -167,3 +167,33 @@ def test_retention_purges_processed_studies_only(tmp_path: Path) -> None:
     assert index.study("1.4") is None
     assert not (tmp_path / "spool" / "1.4").exists()
     assert index.study("1.5") is not None  # still receiving: never purged
+
+
+def test_part10_header_matches_what_pydicom_reads(tmp_path: Path) -> None:
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from dicom_node.spool import InstanceRef, parse_dataset, part10_header
+
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.Rows = 2
+    for implicit, ts in ((False, "1.2.840.10008.1.2.1"), (True, "1.2.840.10008.1.2")):
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_dataset(fp, ds)
+        raw = fp.getvalue()
+        ref = parse_dataset(raw, ts, command_sop_class=CT, command_sop_instance="1.2.3.4.5")
+        assert ref == InstanceRef("1.2.3", "1.2.3.4", "1.2.3.4.5", CT, ts)
+        path = tmp_path / f"{int(implicit)}.dcm"
+        path.write_bytes(part10_header(ref, "SENDER") + raw)
+        back = dcmread(path)
+        assert back.file_meta.TransferSyntaxUID == ts
+        assert back.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4.5"
+        assert back.file_meta.SourceApplicationEntityTitle == "SENDER"
+        assert back.Rows == 2

@@ -1,0 +1,296 @@
+"""Ingest throughput: images/s received over loopback by our node, dcmtk storescp, Orthanc.
+
+The same sender for all (dcmtk ``/usr/bin/storescu`` with ``TCP_NODELAY=1``), 500 CT
+instances of 512x512 (five phantom studies of 100 slices, uncompressed, ~0.5 MB each),
+over one association and over four in parallel. Each receiver starts fresh (empty
+storage) for every run; runs interleave receivers so that drift in machine load hits all
+of them alike; the median of ``--repeat`` runs is reported, with min and max.
+
+What each receiver promises before answering Success:
+
+- our node: file fsynced and renamed (folder fsynced), index row committed (durable);
+- Orthanc 1.10 (defaults): file written with its storage area's sync, SQLite index;
+- dcmtk storescp: file written, no fsync (a floor, not a peer in durability).
+
+Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
+Usage::
+
+    .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+ORTHANC = "/usr/sbin/Orthanc"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_data(folder: Path, n: int) -> list[Path]:
+    """``n`` CT instances of 512x512 from phantom studies of 100 slices (cached)."""
+    from train.data.phantoms import PhantomSpec, write_study
+
+    files = sorted(folder.rglob("*.dcm"))
+    if len(files) >= n:
+        return files[:n]
+    shutil.rmtree(folder, ignore_errors=True)
+    out: list[Path] = []
+    seed = 0
+    while len(out) < n:
+        k = min(100, n - len(out))
+        study = write_study(folder / f"s{seed}", PhantomSpec(seed=1000 + seed, n_slices=k))
+        out.extend(study.main.files)
+        seed += 1
+    return sorted(out)
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def send(port: int, aec: str, files: list[Path], parallel: int) -> float:
+    """Wall seconds for ``parallel`` storescu processes to send ``files`` between them."""
+    chunks = [files[i::parallel] for i in range(parallel)]
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [STORESCU, "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, c)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for c in chunks
+    ]
+    errs = [p.communicate()[1] for p in procs]
+    dt = time.perf_counter() - t0
+    for p, e in zip(procs, errs, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {e.decode()[-500:]}")
+    return dt
+
+
+class Receiver:
+    name = ""
+    aec = ""
+
+    def start(self, work: Path) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+
+class OurNode(Receiver):
+    name, aec = "dicom-node (durable)", "ICHNODE"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.peak_rss_kb: list[int] = []
+        self.work = Path()
+
+    def start(self, work: Path) -> int:
+        self.work = work
+        port = free_port()
+        cfg = work / "config.yaml"
+        cfg.write_text(
+            f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
+            "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
+            " min_free_disk_mb: 100}\n"
+            "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
+        )  # fmt: skip
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_rss_kb.append(int(line.split()[1]))
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.work / "spool").rglob("*.dcm"))
+
+
+class StoreSCP(Receiver):
+    name, aec = "dcmtk storescp", "STORESCP"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.work = Path()
+
+    def start(self, work: Path) -> int:
+        self.work = work
+        (work / "out").mkdir()
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [STORESCP, "-aet", "STORESCP", "-od", str(work / "out"), str(port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.work / "out").iterdir())
+
+
+class OrthancPeer(Receiver):
+    name, aec = "Orthanc 1.10", "ORTHANC"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = 0
+
+    def start(self, work: Path) -> int:
+        port, self.http = free_port(), free_port()
+        cfg = {
+            "Name": "bench", "StorageDirectory": str(work / "db"),
+            "IndexDirectory": str(work / "db"), "HttpPort": self.http, "DicomPort": port,
+            "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "Plugins": [],
+        }  # fmt: skip
+        (work / "orthanc.json").write_text(json.dumps(cfg))
+        self.proc = subprocess.Popen(
+            [ORTHANC, f"--logfile={work / 'orthanc.log'}", str(work / "orthanc.json")],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+    def count(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/statistics", timeout=10) as r:
+            return int(json.load(r)["CountInstances"])
+
+
+def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {}
+    for rep in range(repeat):
+        for parallel in (1, 4):
+            for rx in receivers:
+                with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-ingest-") as d:
+                    port = rx.start(Path(d))
+                    try:
+                        dt = send(port, rx.aec, files, parallel)
+                        got = rx.count()
+                    finally:
+                        rx.stop()
+                if got != len(files):
+                    raise RuntimeError(f"{rx.name} stored {got} of {len(files)}")
+                rate = len(files) / dt
+                rates.setdefault(f"{rx.name}|{parallel}", []).append(rate)
+                print(f"run {rep + 1} {rx.name:22s} x{parallel}: {rate:7.1f} images/s",
+                      file=sys.stderr)  # fmt: skip
+    return rates
+
+
+def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> str:
+    def med(key: str) -> float:
+        return statistics.median(rates[key])
+
+    lines = [
+        f"Command: `{cmd}`  ",
+        f"{n} CT instances 512x512 (explicit VR LE, ~0.5 MB each), sender `/usr/bin/storescu`"
+        " (TCP_NODELAY=1), loopback; median of runs (min-max).",
+        "",
+        "| receiver | 1 association | 4 associations |",
+        "|---|---|---|",
+    ]
+    for name in (OurNode.name, StoreSCP.name, OrthancPeer.name):
+        cells = []
+        for p in (1, 4):
+            r = rates[f"{name}|{p}"]
+            cells.append(f"{med(f'{name}|{p}'):.0f} images/s ({min(r):.0f}-{max(r):.0f})")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    for p in (1, 4):
+        ours = med(f"{OurNode.name}|{p}")
+        lines.append(
+            f"- {p} association{'s' if p > 1 else ''}: node / Orthanc = "
+            f"{ours / med(f'{OrthancPeer.name}|{p}'):.2f}x, node / storescp = "
+            f"{ours / med(f'{StoreSCP.name}|{p}'):.2f}x"
+        )
+    if node.peak_rss_kb:
+        lines.append(f"- node peak RSS while receiving: {max(node.peak_rss_kb) / 1024:.0f} MiB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--data", type=Path, default=REPO / "var" / "bench" / "ingest-data")
+    ap.add_argument("--only", choices=["node", "storescp", "orthanc"], action="append")
+    args = ap.parse_args()
+    (REPO / "var").mkdir(exist_ok=True)
+    files = make_data(args.data, args.n)
+    node = OurNode()
+    receivers: list[Receiver] = [node, StoreSCP(), OrthancPeer()]
+    if args.only:
+        keep = {"node": OurNode, "storescp": StoreSCP, "orthanc": OrthancPeer}
+        receivers = [r for r in receivers if any(isinstance(r, keep[o]) for o in args.only)]
+    rates = run(receivers, files, args.repeat)
+    if len(receivers) == 3:
+        print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
+    else:
+        for key, r in rates.items():
+            print(key, f"{statistics.median(r):.1f}")
+        if node.peak_rss_kb:
+            print("node peak RSS MiB", max(node.peak_rss_kb) / 1024)
+
+
+if __name__ == "__main__":
+    main()
