@@ -132,8 +132,9 @@ _CLOCK_LOCK = threading.Lock()
 
 def _install_reactor_clock() -> None:
     with _CLOCK_LOCK:
-        if not isinstance(pynetdicom.association.time, _ReactorClock):
-            pynetdicom.association.time = _ReactorClock()  # type: ignore[assignment,attr-defined]
+        module = pynetdicom.association
+        if not isinstance(getattr(module, "time", None), _ReactorClock):
+            setattr(module, "time", _ReactorClock())  # noqa: B010 - a module global, on purpose
 
 
 def tune_acceptor(event: Event) -> None:
