@@ -49,6 +49,14 @@ from models.labels import LABELS  # noqa: E402
 from train.data.phantoms import PhantomSpec, write_study  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
+SHORT = {
+    "any": "ICH",
+    "epidural": "EDH",
+    "intraparenchymal": "IPH",
+    "intraventricular": "IVH",
+    "subarachnoid": "SAH",
+    "subdural": "SDH",
+}
 PRESENT = "52101004"
 console = Console()
 
@@ -142,7 +150,9 @@ class OrthancPacs:
         return self.request("GET", path)
 
     def stop(self) -> None:
-        self.proc.terminate()
+        """Terminate Orthanc (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(30)
 
 
@@ -219,6 +229,9 @@ def main() -> None:
         )
         node = start_node(env, work / "node.log")
         stack.callback(stop_node, node)
+        # Stop the PACS before the node: an association the PACS keeps open would hold
+        # the node's graceful shutdown for its whole grace period.
+        stack.callback(pacs.stop)
         console.print(
             f"node: {settings.node.ae_title} on port {node_port} (log {work / 'node.log'})"
         )
@@ -235,7 +248,7 @@ def main() -> None:
                 for p in written.files
             }
             (orthanc_id,) = ids
-            truth = [LABELS[i] for i in range(1, 6) if written.volume.study_labels[i]]
+            truth = [SHORT[LABELS[i]] for i in range(1, 6) if written.volume.study_labels[i]]
             studies.append((name, written, orthanc_id, truth))
             console.print(f"uploaded {name} study to the PACS: {len(written.files)} images")
         t0 = time.monotonic()
@@ -253,16 +266,16 @@ def main() -> None:
 
         table = Table(title="findings, read from the SR that arrived in the PACS")
         table.add_column("study")
-        table.add_column("truth (phantom)")
+        table.add_column("phantom truth")
         for label in LABELS:
-            table.add_column(label, justify="right")
+            table.add_column(SHORT[label], justify="right")
         for name, written, orthanc_id, truth in studies:
             found = wait_for(f"results of the {name} study", partial(results, orthanc_id), 600)
             raw = pacs.request("GET", f"/instances/{found['SR']}/file")
             sr = pydicom.dcmread(io.BytesIO(raw))
             assert sr.StudyInstanceUID == written.study_uid
             cells = [
-                (f"[bold red]{p:.2f} YES[/]" if present else f"{p:.2f}")
+                (f"[bold red]{p:.2f} YES[/]" if present else f"{p:.2f} no")
                 for p, present in sr_findings(sr).values()
             ]
             table.add_row(name, ", ".join(truth) or "no bleed", *cells)
@@ -271,6 +284,11 @@ def main() -> None:
                 f"study: http://127.0.0.1:{pacs.http}/app/explorer.html#study?uuid={orthanc_id}"
             )
         console.print(table)
+        console.print(
+            "ICH any hemorrhage, EDH epidural, IPH intraparenchymal, "
+            "IVH intraventricular, SAH subarachnoid, SDH subdural; YES = present "
+            "at the checkpoint's threshold"
+        )
         console.print(
             f"results back in the PACS {time.monotonic() - t0:.1f} s after sending "
             "(including the 5 s quiet period that decides a study is complete)"
