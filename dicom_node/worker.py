@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 from dicom_node.errors import NodeError
 from dicom_node.index import Index, StudyRow, StudyState
 from dicom_node.logs import study_key
-from dicom_node.report import build_results
+from dicom_node.report import build_results, warm_up
 from dicom_node.report_common import ResultUIDs
 from models.dicom_io import CTSeries, read_series, scan_headers
 from models.errors import ModelsError
@@ -152,6 +152,9 @@ class InferenceWorker:
     def _prepare_loop(self) -> None:
         while not self._stop.is_set():
             self._slot.acquire()
+            if self._stop.is_set():  # stopped while waiting for the slot: claim nothing
+                self._slot.release()
+                break
             study: StudyRow | None = None
             try:
                 study = self._claim()
@@ -200,11 +203,22 @@ class InferenceWorker:
     # -- infer stage ------------------------------------------------------------------
 
     def _infer_loop(self) -> None:
+        self._warm_up()
         while True:
             prepared = self._handoff.get()
             self._slot.release()
             if prepared is None:
                 return
+            if self._stop.is_set():
+                # Prepared but not started when the node stopped: back to the queue, so
+                # the index does not show it ``processing`` while no node runs.
+                self.index.set_state(
+                    prepared.study.study_uid,
+                    "queued",
+                    expect=("processing",),
+                    generation=prepared.study.generation,
+                )
+                continue
             try:
                 self._infer(prepared)
             except (ModelsError, NodeError) as exc:
@@ -214,6 +228,17 @@ class InferenceWorker:
                     prepared.study, "failed", f"internal error in inference ({type(exc).__name__})"
                 )
                 log.exception("worker.infer_crashed")
+
+    def _warm_up(self) -> None:
+        """Pay the report builders' one-time costs now, not in the first study's latency
+        (:func:`dicom_node.report.warm_up`); a failure costs only that time."""
+        assert self.predictor is not None
+        try:
+            seconds = warm_up(self.predictor.meta)
+        except Exception as exc:  # noqa: BLE001 - top of the infer thread; nothing depends on it
+            log.warning("worker.warm_up_failed", extra={"error": type(exc).__name__})
+            return
+        log.info("worker.warmed_up", extra={"seconds": round(seconds, 3)})
 
     def _infer(self, p: Prepared) -> None:
         assert self.predictor is not None
