@@ -84,6 +84,11 @@ def open_or_prepare(
         )
     if getattr(store, "source", layout) != layout:
         raise EvaluateError(f"{data} is a {store.source} cache, not {layout}")
+    if store.size != meta.input_size:
+        log.warning(
+            "evaluate.size_mismatch",
+            extra={"cache_size": store.size, "checkpoint_size": meta.input_size},
+        )
     if tuple(store.windows) != tuple(meta.windows):
         raise EvaluateError(
             f"cache windows {store.windows} differ from the checkpoint's {meta.windows}"
