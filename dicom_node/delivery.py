@@ -90,7 +90,9 @@ class Deliverer:
             self._schedule(study_uid, dest.name, time.time())
 
     def reconcile(self) -> int:
-        """Give every pending delivery without a job one (after a crash or a lost job store)."""
+        """At start-up: give every pending delivery without a job one (after a crash or a
+        lost job store), and enqueue the results of ``done`` studies whose deliveries were
+        never enqueued (a crash between recording a result and enqueuing its delivery)."""
         n = 0
         for row in self.index.deliveries(states=("pending",)):
             if not self.scheduler.has_job(delivery_job_id(row.study_uid, row.destination)):
@@ -98,7 +100,20 @@ class Deliverer:
                 n += 1
         if n:
             log.info("delivery.rescheduled", extra={"n": n})
-        return n
+        lost = 0
+        for study in self.index.studies(("done",)):
+            result = self.index.result(study.study_uid)
+            if result is None:
+                continue
+            generation = int(result["generation"])
+            if any(d.generation == generation for d in study.deliveries):
+                continue  # enqueued for this generation (whatever became of it)
+            files = {str(k): Path(v) for k, v in result["files"].items()}
+            self.enqueue(study.study_uid, generation, files)
+            lost += 1
+        if lost:
+            log.info("delivery.enqueued_at_start", extra={"studies": lost})
+        return n + lost
 
     def _schedule(self, study_uid: str, destination: str, at: float) -> None:
         self.scheduler.schedule_job(

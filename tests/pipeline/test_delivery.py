@@ -6,6 +6,7 @@ small here); the PACS is a pynetdicom Storage SCP in this process on a loopback 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,42 @@ def test_pacs_rejecting_our_ae_fails_after_one_attempt(
     assert not node.service.scheduler.has_job(delivery_job_id(study.study_uid, "pacs"))
     assert pacs.received == []
     assert_no_phi(node.log.getvalue(), study)
+
+
+def test_result_recorded_but_never_enqueued_is_delivered_at_the_next_start(
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    pacs_factory: Callable[..., RecordingPacs],
+) -> None:
+    """A crash between recording a study's result and enqueuing its deliveries leaves a
+    ``done`` study without delivery rows; the next start must deliver it."""
+    pacs = pacs_factory()
+    root = tmp_path / "site"
+    node = start_node([destination(pacs.port)], root=root)
+    study = phantom(tmp_path / "s", seed=53, n_slices=10)
+    assert storescu(node.port, study.main.files).returncode == 0
+    first = wait_study(
+        node,
+        study.study_uid,
+        lambda s: bool(s.deliveries) and s.deliveries[0].state == "sent",
+        "first delivery",
+    )
+    sent_before = pacs.sop_counts()
+    node.service.stop()
+    # The state such a crash leaves: the result is recorded, no delivery was enqueued.
+    with sqlite3.connect(root / "index.sqlite") as db:
+        db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study.study_uid,))
+    db.close()
+    again = start_node([destination(pacs.port)], root=root)
+    row = wait_study(
+        again,
+        study.study_uid,
+        lambda s: bool(s.deliveries) and s.deliveries[0].state == "sent",
+        "delivery after the restart",
+    )
+    assert row.generation == first.generation
+    assert row.deliveries[0].attempts == 1
+    counts = pacs.sop_counts()
+    assert set(counts) == set(sent_before)  # the same SR and SC (same SOP Instance UIDs)
+    assert set(counts.values()) == {2}  # once per delivery: before and after the "crash"
+    assert "event=delivery.enqueued_at_start" in again.log.getvalue()
