@@ -1,6 +1,6 @@
 """Evidence that the model learns: CNN-LSTM versus the 2D baseline on phantom data sets.
 
-    .venv/bin/python bench/learning.py [--train 200] [--val 40] [--test 120] [--epochs 10]
+    .venv/bin/python bench/learning.py [--train 150] [--val 40] [--test 120] [--epochs 8]
 
 Both models use the same code, data, recipe and seed (``train/configs/phantom_demo.yaml``
 and ``phantom_2d.yaml``: ResNet-18 from random initialisation, 64 px, CPU); they differ
@@ -59,10 +59,11 @@ def run(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--train", type=int, default=200)
+    p.add_argument("--train", type=int, default=150)
     p.add_argument("--val", type=int, default=40)
     p.add_argument("--test", type=int, default=120)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--p-bleed", type=float, default=0.7, help="training phantoms only")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -72,7 +73,7 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-learning-"))
     t = time.perf_counter()
     stores = {
-        "train": phantom_store(range(args.train), args.size, progress=False),
+        "train": phantom_store(range(args.train), args.size, p_bleed=args.p_bleed, progress=False),
         "val": phantom_store(range(1_000_000, 1_000_000 + args.val), args.size, progress=False),
         "test": phantom_store(range(2_000_000, 2_000_000 + args.test), args.size, progress=False),
     }

@@ -81,6 +81,9 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples (CQ500)")] = 2000,
     workers: Annotated[int | None, typer.Option(help="prepare workers")] = None,
     limit: Annotated[int | None, typer.Option(help="first N studies only")] = None,
+    split: Annotated[
+        Path | None, typer.Option(help="a run's split.json: evaluate its validation studies")
+    ] = None,
 ) -> None:
     """Evaluate a checkpoint on RSNA or CQ500; write report.md, metrics.json, ROC PNGs."""
     _setup_logging()
@@ -90,6 +93,7 @@ def evaluate(
 
     if layout not in ("rsna", "cq500"):
         raise _fail("--layout must be rsna or cq500")
+    keys = json.loads(split.read_text())["val"] if split is not None else None
     try:
         metrics = run_eval(
             checkpoint,
@@ -103,8 +107,9 @@ def evaluate(
             n_boot=bootstrap,
             workers=workers,
             limit=limit,
+            keys=keys,
         )
-    except (EvaluateError, ModelsError, OSError) as exc:
+    except (EvaluateError, ModelsError, OSError, KeyError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo((Path(out) / "report.md").read_text())
     log.info("evaluate.written", extra={"out": str(out), "studies": metrics["n_studies"]})

@@ -254,8 +254,12 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     store: StudyStore | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` and write the report files into ``out``; return the metrics."""
+    """Evaluate ``checkpoint`` and write the report files into ``out``; return the metrics.
+
+    ``keys`` restricts the evaluation to those studies (e.g. a run's validation split).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_checkpoint(checkpoint, resolve_device(device))
@@ -264,7 +268,7 @@ def evaluate(
         store = open_or_prepare(
             layout, Path(data), meta, cache, out, "train", workers, limit, progress
         )
-    preds = predict_studies(loaded, store, device=device, tta=tta, progress=progress)
+    preds = predict_studies(loaded, store, keys, device=device, tta=tta, progress=progress)
     if layout == "rsna":
         metrics = rsna_metrics(store, preds, meta.thresholds, target_sensitivity)
     else:

@@ -177,7 +177,15 @@ def build_model(cfg: FitConfig) -> CNNLSTM:
         lstm_layers=m.lstm_layers,
         dropout=m.dropout,
     )
-    return CNNLSTM(net, pretrained=pretrained)
+    try:
+        return CNNLSTM(net, pretrained=pretrained)
+    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+        if pretrained is True:
+            raise FitError(
+                f"cannot fetch ImageNet weights for {m.backbone} ({type(exc).__name__}); "
+                "download them once and set model.pretrained_path, or model.pretrained=false"
+            ) from exc
+        raise
 
 
 def validation_metrics(
