@@ -350,12 +350,13 @@ def _fit(
         ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.run.seed
     )
     bs = cfg.data.studies_per_batch
-    micro_per_epoch = max(1, len(sampler) // bs) if len(sampler) >= bs else 1
+    # micro-batches per epoch = batches of the loader (drop_last unless fewer studies than
+    # a batch); the last optimiser step of an epoch may accumulate fewer micro-batches
+    micro_limit = len(sampler) // bs if len(sampler) >= bs else 1
     accum = cfg.optim.accumulation
-    steps_per_epoch = math.ceil(micro_per_epoch / accum)
     if cfg.run.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.run.max_steps_per_epoch)
-    micro_limit = steps_per_epoch * accum
+        micro_limit = min(micro_limit, cfg.run.max_steps_per_epoch * accum)
+    steps_per_epoch = math.ceil(micro_limit / accum)
     total_steps = steps_per_epoch * cfg.optim.epochs
     warmup = round(steps_per_epoch * cfg.optim.warmup_epochs)
 
