@@ -21,7 +21,7 @@ warm. Then one study of ``--rss-slices`` slices is processed and the node's peak
 Usage::
 
     .venv/bin/python bench/e2e.py [--configs resnet18:256,resnet50:256,resnet50:512]
-        [--slices 40] [--rss-slices 60] [--runs 2] [--json out.json] [--markdown]
+        [--slices 40] [--rss-slices 60] [--runs 2] [--device cpu|cuda] [--json F] [--markdown]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def write_checkpoint(path: Path, backbone: str, size: int) -> None:
     )
 
 
-def write_config(root: Path, checkpoint: Path, pacs: Pacs) -> Path:
+def write_config(root: Path, checkpoint: Path, pacs: Pacs, device: str = "cpu") -> Path:
     import yaml
 
     cfg = {
@@ -165,7 +165,7 @@ def write_config(root: Path, checkpoint: Path, pacs: Pacs) -> Path:
             "min_free_disk_mb": 1,
         },
         "study": {"quiet_seconds": QUIET_S},
-        "inference": {"enabled": True, "checkpoint": str(checkpoint), "device": "cpu"},
+        "inference": {"enabled": True, "checkpoint": str(checkpoint), "device": device},
         "destinations": [
             {
                 "name": "pacs",
@@ -305,14 +305,14 @@ def make_studies(folder: Path, slices: int, rss_slices: int, runs: int) -> list[
 
 
 def bench_config(
-    backbone: str, size: int, work: Path, pacs: Pacs, studies: list[Any], runs: int
+    backbone: str, size: int, work: Path, pacs: Pacs, studies: list[Any], runs: int, device: str
 ) -> dict[str, Any]:
     root = work / f"{backbone}-{size}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     ckpt = root / "model.pt"
     write_checkpoint(ckpt, backbone, size)
-    node = Node(write_config(root, ckpt, pacs), root / "node.log")
+    node = Node(write_config(root, ckpt, pacs, device), root / "node.log")
     try:
         idle_rss_mb = node.status_kb("VmRSS") / 1024
         out: dict[str, Any] = {"backbone": backbone, "size": size, "runs": []}
@@ -365,6 +365,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--rss-slices", type=int, default=60)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="inference.device of the node (cuda: AMP)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--markdown", action="store_true", help="print a table for BENCHMARKS.md")
@@ -377,13 +378,16 @@ def main() -> None:
     pacs = Pacs(work / "pacs")
     print(f"PACS: {pacs.kind}", flush=True)
     try:
-        results = [bench_config(b, s, work, pacs, studies, args.runs) for b, s in configs]
+        results = [
+            bench_config(b, s, work, pacs, studies, args.runs, args.device) for b, s in configs
+        ]
     finally:
         pacs.stop()
     meta = {
         "pacs": pacs.kind,
         "cpus": os.cpu_count(),
         "slices": args.slices,
+        "device": args.device,
         "quiet_s": QUIET_S,
         "weights": "random init (latency does not depend on them)",
     }
