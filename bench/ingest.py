@@ -119,10 +119,11 @@ class Receiver:
 class OurNode(Receiver):
     name, aec = "dicom-node (durable)", "ICHNODE"
 
-    def __init__(self) -> None:
+    def __init__(self, worker: bool = False) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kb: list[int] = []
         self.work = Path()
+        self.worker = worker
 
     def start(self, work: Path) -> int:
         self.work = work
@@ -133,6 +134,7 @@ class OurNode(Receiver):
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
             " min_free_disk_mb: 100}\n"
             "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
+            f"inference: {{enabled: {'true' if self.worker else 'false'}}}\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
@@ -264,7 +266,10 @@ def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> st
             f"{ours / med(f'{StoreSCP.name}|{p}'):.2f}x"
         )
     if node.peak_rss_kb:
-        lines.append(f"- node peak RSS while receiving: {max(node.peak_rss_kb) / 1024:.0f} MiB")
+        what = "with its inference worker" if node.worker else "receive-only"
+        lines.append(
+            f"- node peak RSS while receiving ({what}): {max(node.peak_rss_kb) / 1024:.0f} MiB"
+        )
     return "\n".join(lines)
 
 
@@ -274,10 +279,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", type=Path, default=REPO / "var" / "bench" / "ingest-data")
     ap.add_argument("--only", choices=["node", "storescp", "orthanc"], action="append")
+    ap.add_argument(
+        "--with-worker", action="store_true", help="node with its inference worker started"
+    )
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
-    node = OurNode()
+    node = OurNode(worker=args.with_worker)
     receivers: list[Receiver] = [node, StoreSCP(), OrthancPeer()]
     if args.only:
         keep = {"node": OurNode, "storescp": StoreSCP, "orthanc": OrthancPeer}

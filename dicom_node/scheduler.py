@@ -25,7 +25,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -78,6 +78,13 @@ class StudyScheduler:
         )
         self._lock = threading.Lock()
         self._last_scheduled: dict[str, float] = {}
+        # APScheduler's shutdown() holds its job-store lock while it waits for running
+        # jobs; a running job that adds or removes a job (a deadline moving itself, a
+        # delivery retry) would wait for that lock forever. The gate lets shutdown wait
+        # for such a call to finish and refuses new ones once closing: what was not
+        # rescheduled is rescheduled at the next start (receiving studies without a job).
+        self._gate = threading.Lock()
+        self._closing = False
 
     def start(self) -> None:
         """Start the timer thread; overdue jobs from the store run now."""
@@ -85,8 +92,18 @@ class StudyScheduler:
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop; with ``wait`` the running jobs finish first. Pending jobs stay stored."""
+        with self._gate:
+            self._closing = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
+
+    def _add_job(self, func: str, **kwargs: Any) -> bool:
+        with self._gate:
+            if self._closing:
+                log.debug("scheduler.closing", extra={"job": kwargs.get("name", "")})
+                return False
+            self._scheduler.add_job(func, replace_existing=True, **kwargs)
+            return True
 
     @property
     def running(self) -> bool:
@@ -108,14 +125,13 @@ class StudyScheduler:
 
     def schedule_completion(self, study_uid: str, at: float) -> None:
         """(Re)place the one-shot ``complete:<uid>`` job to run at ``at`` (epoch seconds)."""
-        self._scheduler.add_job(
+        self._add_job(
             COMPLETE_FUNC,
             trigger="date",
             run_date=datetime.fromtimestamp(at, UTC),
             args=[study_uid, self.runtime_key],
             id=complete_job_id(study_uid),
             name="complete",  # the name is logged by APScheduler: never a UID
-            replace_existing=True,
         )
 
     def forget(self, study_uid: str) -> None:
@@ -131,20 +147,20 @@ class StudyScheduler:
         return float(job.next_run_time.timestamp())
 
     def cancel_completion(self, study_uid: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self._scheduler.remove_job(complete_job_id(study_uid))
+        with self._gate, contextlib.suppress(JobLookupError):
+            if not self._closing:
+                self._scheduler.remove_job(complete_job_id(study_uid))
         self.forget(study_uid)
 
     def schedule_retention(self, interval_s: float) -> None:
         """The retention sweep, every ``interval_s`` seconds (first run one interval on)."""
-        self._scheduler.add_job(
+        self._add_job(
             RETENTION_FUNC,
             trigger="interval",
             seconds=interval_s,
             args=[self.runtime_key],
             id=RETENTION_JOB_ID,
             name="retention",
-            replace_existing=True,
         )
 
     def schedule_job(
@@ -155,7 +171,7 @@ class StudyScheduler:
         ``func`` is a text reference (``module:function``) so the job unpickles in a
         restarted node; ``name`` is logged by APScheduler, so it must never be a UID.
         """
-        self._scheduler.add_job(
+        self._add_job(
             func,
             trigger="date",
             run_date=datetime.fromtimestamp(at, UTC),
@@ -163,7 +179,6 @@ class StudyScheduler:
             id=job_id,
             name=name,
             executor="delivery",
-            replace_existing=True,
         )
 
     def has_job(self, job_id: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,53 @@ def test_part10_header_matches_what_pydicom_reads(tmp_path: Path) -> None:
         assert back.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4.5"
         assert back.file_meta.SourceApplicationEntityTitle == "SENDER"
         assert back.Rows == 2
+
+
+class _GatedIndex(Index):
+    """An index whose ``study()`` read waits for the test (our own class, not a mock)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def study(self, study_uid: str) -> StudyRow | None:
+        self.entered.set()
+        self.release.wait(10)
+        return super().study(study_uid)
+
+
+def test_shutdown_while_a_job_moves_its_deadline_does_not_deadlock(tmp_path: Path) -> None:
+    from dicom_node.assembly import register_runtime, unregister_runtime
+    from dicom_node.scheduler import StudyScheduler
+
+    index = _GatedIndex(tmp_path / "i.sqlite")
+    index.record(_row("1.6.1", study="1.6", t=time.time() + 3600))  # due in an hour
+    spool = Spool(tmp_path / "spool", index, min_free_mb=0)
+    sched = StudyScheduler(tmp_path / "jobs.sqlite", quiet_seconds=1, runtime_key="gate")
+    asm = Assembler(index, spool, sched, quiet_seconds=1, hash_key="k", hooks=[])
+    register_runtime("gate", asm)
+    try:
+        sched.start()
+        sched.schedule_completion("1.6", time.time())  # fires now, will want to move
+        assert index.entered.wait(10)
+        # APScheduler drops a date job from its store right after handing it to a thread;
+        # shutting down before that makes its own thread trip (JobLookupError), a race
+        # of APScheduler's, not the one under test.
+        deadline = time.monotonic() + 10
+        while sched.completion_time("1.6") is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopper = threading.Thread(target=sched.shutdown)
+        stopper.start()
+        deadline = time.monotonic() + 10
+        while not sched._closing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        index.release.set()  # the job now tries to reschedule during shutdown
+        stopper.join(10)
+        assert not stopper.is_alive(), "scheduler shutdown deadlocked"
+    finally:
+        index.release.set()
+        unregister_runtime("gate")
+    study = index.study("1.6")
+    assert study is not None
+    assert study.state == "receiving"  # rescheduled at the next start
