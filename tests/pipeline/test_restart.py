@@ -99,3 +99,56 @@ def test_killed_while_processing_resumes_and_delivers_once(
     text = log.read_text(encoding="utf-8")
     assert "event=worker.resumed" in text
     assert_no_phi(text, study)
+
+
+def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
+    tmp_path: Path, slow_checkpoint: Path, pacs_factory: Callable[..., RecordingPacs]
+) -> None:
+    """A clean stop (SIGTERM) while one study is inferred and the next one is prepared:
+    the first is finished, the second goes back to ``queued`` (not left ``processing``),
+    and after a restart both are delivered once."""
+    pacs = pacs_factory()
+    root = tmp_path / "site"
+    root.mkdir()
+    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)])
+    index_db = root / "index.sqlite"
+    log = tmp_path / "serve.log"
+    first = phantom(tmp_path / "a", seed=72, n_slices=24, size=128)
+    second = phantom(tmp_path / "b", seed=73, n_slices=24, size=128)
+
+    def states() -> list[str | None]:
+        return [
+            (s := study_state(index_db, study.study_uid)) and s["state"]
+            for study in (first, second)
+        ]
+
+    node = ServeProcess(cfg, log)
+    try:
+        assert storescu(node.port, first.main.files + second.main.files).returncode == 0
+        wait_for(
+            lambda: states() == ["processing", "processing"],
+            60,
+            "one study inferred while the next one is prepared",
+        )
+    finally:
+        assert node.stop() == 0
+    assert states() == ["done", "queued"]
+
+    node = ServeProcess(cfg, log)
+    try:
+        wait_for(
+            lambda: all(
+                (s := study_state(index_db, study.study_uid)) is not None
+                and s["deliveries"].get("pacs", {}).get("state") == "sent"
+                for study in (first, second)
+            ),
+            120,
+            "both studies delivered after the restart",
+        )
+    finally:
+        assert node.stop() == 0
+    assert states() == ["done", "done"]
+    counts = pacs.sop_counts()
+    assert len(counts) == 4  # SR and SC of each study
+    assert set(counts.values()) == {1}
+    assert_no_phi(log.read_text(encoding="utf-8"), first, second)
