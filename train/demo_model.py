@@ -160,18 +160,20 @@ def _time_steps(cfg: object, store: ArrayStore, n: int = 2) -> float:
 
     from train.config import FitConfig
     from train.dataset import WindowDataset, to_model_input
+    from train.distributed import pick_device
     from train.fit import build_model, masked_weighted_bce
 
     assert isinstance(cfg, FitConfig)
-    model = build_model(cfg)
+    dev = pick_device(cfg.run.device, 0)
+    model = build_model(cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ds = WindowDataset(store, [s.key for s in store.studies], cfg.data.window)
     bs = cfg.data.studies_per_batch
     items = [ds[i % len(ds)] for i in range(bs)]
-    x = to_model_input(torch.stack([it["images"] for it in items]), cfg.data.size)
-    y = torch.stack([it["labels"] for it in items])
-    m = torch.stack([it["mask"] for it in items])
-    w = torch.tensor(cfg.optim.loss_weights)
+    x = to_model_input(torch.stack([it["images"] for it in items]).to(dev), cfg.data.size)
+    y = torch.stack([it["labels"] for it in items]).to(dev)
+    m = torch.stack([it["mask"] for it in items]).to(dev)
+    w = torch.tensor(cfg.optim.loss_weights, device=dev)
     times = []
     for _ in range(n + 1):
         t = time.perf_counter()
@@ -179,5 +181,7 @@ def _time_steps(cfg: object, store: ArrayStore, n: int = 2) -> float:
             masked_weighted_bce(model(x, m), y, m, w).backward()  # type: ignore[no-untyped-call]
         opt.step()
         opt.zero_grad()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - t)
     return float(np.median(times[1:]))
