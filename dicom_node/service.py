@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
@@ -55,9 +55,9 @@ from dicom_node.scheduler import StudyScheduler
 from dicom_node.scp import NodelayAssociationServer, build_ae, start_server
 from dicom_node.scu import ScuTimeouts
 from dicom_node.spool import Spool, Stored
-from dicom_node.worker import InferenceWorker
-from models.errors import ModelsError
-from models.predict import Predictor
+
+if TYPE_CHECKING:  # torch is imported only when inference is enabled (receive-only: ~100 MB)
+    from dicom_node.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,10 @@ class Service:
         Studies then wait in ``queued`` (with the reason) until a node with a valid
         checkpoint starts: nothing acknowledged is lost because a model file is missing.
         """
+        from dicom_node.worker import InferenceWorker
+        from models.errors import ModelsError
+        from models.predict import Predictor
+
         s = self.settings
         assert self.index is not None
         predictor: Predictor | None = None
