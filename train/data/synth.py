@@ -40,10 +40,11 @@ from typing import Any
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 from tqdm import tqdm
 
 from models.labels import LABELS
+from models.uids import derived_uid
 from train.data import cq500, rsna
 from train.data.phantoms import PhantomSpec, WrittenStudy, random_spec, write_study
 from train.data.scan import lenient_dicom
@@ -57,8 +58,11 @@ QUIRK_MIN_HU = -1000
 
 
 def _uid(*parts: object) -> str:
-    """A deterministic ``2.25`` UID (PS3.5 B.2) from ``parts``."""
-    return str(generate_uid(prefix=None, entropy_srcs=["ich-synth", *map(str, parts)]))
+    """A deterministic ``2.25`` UID (PS3.5 B.2) from ``parts``.
+
+    (``generate_uid(prefix=None, entropy_srcs=...)`` ignores its sources and is random.)
+    """
+    return derived_uid("synth", *map(str, parts))
 
 
 def _hex_id(rng: np.random.Generator, n: int = 10) -> str:
