@@ -304,6 +304,16 @@ def make_studies(folder: Path, slices: int, rss_slices: int, runs: int) -> list[
     return studies
 
 
+def network_alone(backbone: str, size: int, slices: int, device: str) -> float:
+    """Seconds of the bare network on ``slices`` random slices (``bench/network.py``'s
+    child: fresh process, one warm-up, best of two passes), measured in this run so that
+    the node's inference stage has a reference taken under the same machine load."""
+    cmd = [sys.executable, str(REPO / "bench" / "network.py"), "--child", backbone, str(size)]
+    cmd += ["--slices", str(slices), "--repeat", "2", "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["seconds"])
+
+
 def bench_config(
     backbone: str, size: int, work: Path, pacs: Pacs, studies: list[Any], runs: int, device: str
 ) -> dict[str, Any]:
@@ -316,6 +326,8 @@ def bench_config(
     try:
         idle_rss_mb = node.status_kb("VmRSS") / 1024
         out: dict[str, Any] = {"backbone": backbone, "size": size, "runs": []}
+        out["network_alone_s"] = network_alone(backbone, size, len(studies[0].main.files), device)
+        print(f"{backbone}/{size} network alone: {out['network_alone_s']:.2f} s", flush=True)
         for i in range(runs):
             s = studies[i]
             res = run_study(node, root, pacs, s.main.files, s.study_uid)
@@ -343,8 +355,9 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]], slices: int) -> str:
     head = (
         f"| model | run | e2e - quiet (s) | select | read+preprocess | inference | build SR+SC "
-        f"| send | other | all but inference | peak RSS, {results[0]['rss']['slices']} slices |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| send | other | all but inference | network alone | peak RSS, "
+        f"{results[0]['rss']['slices']} slices |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in results:
@@ -354,7 +367,7 @@ def markdown(results: list[dict[str, Any]], slices: int) -> str:
                 f"| {run['select_s']:.3f} | {run['read_preprocess_s']:.2f} "
                 f"| {run['inference_s']:.2f} | {run['build_s']:.2f} | {run['send_s']:.3f} "
                 f"| {run['other_s']:.2f} | **{run['non_inference_s']:.2f}** "
-                f"| {r['rss']['peak_rss_mb']:.0f} MB |"
+                f"| {r['network_alone_s']:.2f} | {r['rss']['peak_rss_mb']:.0f} MB |"
             )
     return head + "\n".join(lines) + f"\n\n({slices}-slice 512x512 studies)\n"
 
