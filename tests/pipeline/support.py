@@ -218,7 +218,12 @@ def assert_no_phi(log_text: str, *studies: WrittenStudy) -> None:
     assert log_text, "nothing was logged: the check would be vacuous"
     for study in studies:
         for value in phi_of(study):
-            assert value not in log_text, "patient data or a UID reached the node's log"
+            at = log_text.find(value)
+            if at >= 0:  # show the log line with the value masked, to find its source
+                start = log_text.rfind("\n", 0, at) + 1
+                end = log_text.find("\n", at)
+                line = log_text[start : end if end >= 0 else None].replace(value, "<LEAKED>")
+                raise AssertionError(f"patient data or a UID reached the node's log: {line}")
 
 
 def http_bytes(url: str, timeout: float = 30) -> bytes:
