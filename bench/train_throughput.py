@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from models.dicom_io import read_series, scan_headers
 from models.network import CNNLSTM, NetworkConfig
+from models.preprocess import hu_to_uint8
 from train.data import rsna
-from train.data.cache import PreparedCache, hu_to_cache, prepare
+from train.data.cache import PreparedCache, prepare
 from train.data.synth import synth_rsna
 from train.dataset import WindowDataset, to_model_input
 from train.fit import masked_weighted_bce
@@ -53,7 +54,7 @@ class DicomWindowDataset(Dataset[dict[str, Any]]):
         start = int(torch.randint(0, n - w + 1, (1,))) if n > w else 0
         paths = list(s.paths[start : start + w])
         hu = read_series(scan_headers(paths).headers).hu
-        imgs = hu_to_cache(hu, self.size)
+        imgs = hu_to_uint8(hu, self.size)
         images = torch.zeros((w, 3, self.size, self.size), dtype=torch.uint8)
         labels = torch.zeros((w, 6))
         mask = torch.zeros(w, dtype=torch.bool)

@@ -103,6 +103,28 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def hu_to_uint8(
+    hu: NDArray[np.floating] | NDArray[np.integer],
+    size: int,
+    windows: Sequence[Window] = DEFAULT_WINDOWS,
+    chunk: int = 64,
+) -> NDArray[np.uint8]:
+    """HU ``(Z, H, W)`` -> uint8 ``(Z, C, size, size)``: windows, resize, then quantise.
+
+    What training caches store: the node's path (:func:`hu_to_model_input`) up to the
+    uint8 rounding (under 0.2 % of a window), so a model trained from the cache sees what
+    the node will show it. Resizing happens in float before quantising; ``chunk`` slices
+    at a time bound the float memory for long series.
+    """
+    z = int(hu.shape[0])
+    out = np.empty((z, len(windows), size, size), dtype=np.uint8)
+    for start in range(0, z, chunk):
+        part = torch.from_numpy(np.ascontiguousarray(hu[start : start + chunk])).float()
+        x = resize(windows_torch(part, windows), size).clamp_(0.0, 1.0)
+        out[start : start + chunk] = x.mul_(255.0).add_(0.5).to(torch.uint8).numpy()
+    return out
+
+
 def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:
     """Subtract ImageNet mean and divide by std, per channel, on ``(..., 3, H, W)``."""
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)

@@ -124,23 +124,6 @@ class ArrayStore:
         return self._sops[key]
 
 
-def hu_to_cache_images(
-    hu: NDArray[np.floating] | NDArray[np.integer],
-    size: int,
-    windows: Sequence[Window] = DEFAULT_WINDOWS,
-) -> NDArray[np.uint8]:
-    """HU ``(Z, H, W)`` -> uint8 ``(Z, 3, size, size)`` the way the node preprocesses.
-
-    Windows in float, antialiased resize (``models.preprocess``), then quantise: the
-    only difference from the node's path is the uint8 rounding (< 0.2 % of a window).
-    """
-    from models.preprocess import windows_torch
-
-    t = torch.from_numpy(np.ascontiguousarray(hu)).float()
-    x = resize(windows_torch(t, windows), size)
-    return (x.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
-
-
 class WindowDataset(Dataset[dict[str, Any]]):
     """Training items: ``window`` contiguous slices from a random start in each study.
 

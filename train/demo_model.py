@@ -9,7 +9,7 @@ labels every result from it as a demonstration.
 
 Phantoms are rendered straight into an in-memory store (no DICOM round trip): HU, the
 three windows in float, the node's antialiased resize, uint8 quantisation
-(:func:`train.dataset.hu_to_cache_images`), i.e. the node's preprocessing up to rounding.
+(:func:`models.preprocess.hu_to_uint8`), i.e. the node's preprocessing up to rounding.
 They are rendered at 256 px and resized to the training size; the node resizes its
 512 px phantoms the same way.
 """
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from models.preprocess import hu_to_uint8
 from train.config import load_config
-from train.dataset import ArrayStore, hu_to_cache_images
+from train.dataset import ArrayStore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def phantom_store(
         vol = make_volume(spec)
         store.add(
             f"phantom-{seed}",
-            hu_to_cache_images(vol.hu, size),
+            hu_to_uint8(vol.hu, size),
             np.asarray(vol.slice_labels, dtype=np.uint8),
             patient=spec.patient_id,
         )

@@ -90,3 +90,14 @@ def test_full_pipeline_shape_and_values() -> None:
     assert x.shape == (5, 3, 16, 16)
     expected_brain = (0.5 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
     assert torch.allclose(x[:, 0], torch.full((5, 16, 16), expected_brain), atol=1e-5)
+
+
+def test_uint8_cache_matches_the_node_path_up_to_rounding() -> None:
+    """Training caches store hu_to_uint8; the node computes hu_to_model_input."""
+    from models.preprocess import hu_to_uint8
+
+    hu = np.random.default_rng(2).uniform(-1100, 2500, size=(5, 64, 64)).astype(np.float32)
+    cached = torch.from_numpy(hu_to_uint8(hu, 32, chunk=2)).float() / 255.0
+    node = hu_to_model_input(hu, 32)
+    assert cached.shape == node.shape == (5, 3, 32, 32)
+    torch.testing.assert_close(normalize_imagenet(cached), node, atol=0.5 / 255 / 0.22, rtol=0)

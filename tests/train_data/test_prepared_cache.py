@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from models.dicom_io import read_series, scan_headers
-from models.preprocess import DEFAULT_WINDOWS, apply_windows_uint8
+from models.preprocess import DEFAULT_WINDOWS, apply_windows_uint8, hu_to_uint8
 from train.data.cache import (
     MANIFEST,
     STUDY_DIR,
     PreparedCache,
-    hu_to_cache,
     prepare,
     study_stem,
 )
@@ -69,9 +68,9 @@ def test_pixels_match_the_node_preprocessing(rsna_tree: Tree, rsna_cache: Prepar
         headers = scan_headers(rsna_cache_paths(rsna_tree, quirk["image_ids"])).headers
         hu = read_series(headers).hu
     got = np.asarray(rsna_cache.images(quirk["study_uid"]))
-    assert np.array_equal(got, hu_to_cache(hu, CACHE_SIZE))
+    assert np.array_equal(got, hu_to_uint8(hu, CACHE_SIZE))
     # At the native size the cache is exactly apply_windows_uint8.
-    assert np.array_equal(hu_to_cache(hu, hu.shape[-1]), apply_windows_uint8(hu))
+    assert np.array_equal(hu_to_uint8(hu, hu.shape[-1]), apply_windows_uint8(hu))
 
 
 def rsna_cache_paths(tree: Tree, image_ids: list[str]) -> list[Path]:

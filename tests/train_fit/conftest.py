@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.preprocess import hu_to_uint8
 from train.data.cache import PreparedCache, prepare
 from train.data.phantoms import make_volume, random_spec
 from train.data.synth import synth_rsna
-from train.dataset import ArrayStore, hu_to_cache_images
+from train.dataset import ArrayStore
 
 StoreFactory = Callable[..., ArrayStore]
 
@@ -26,7 +27,7 @@ def _phantom_store(
         vol = make_volume(spec)
         store.add(
             f"study{seed}",
-            hu_to_cache_images(vol.hu, size),
+            hu_to_uint8(vol.hu, size),
             np.asarray(vol.slice_labels, dtype=np.uint8),
             patient=spec.patient_id,
         )

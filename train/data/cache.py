@@ -47,7 +47,7 @@ from models import __version__ as CODE_VERSION
 from models.dicom_io import CTSeries, InstanceHeader, order_slices, read_series, scan_headers
 from models.errors import SeriesError
 from models.labels import LABELS, NUM_CLASSES
-from models.preprocess import DEFAULT_WINDOWS, Window, apply_windows, resize
+from models.preprocess import DEFAULT_WINDOWS, Window, hu_to_uint8
 from train.data import cq500, rsna
 from train.data.errors import CacheError
 from train.data.scan import lenient_dicom, parallel_map, resolve_workers
@@ -138,27 +138,6 @@ def windows_from_json(data: Sequence[Sequence[Any]]) -> tuple[Window, ...]:
 # ------------------------------------------------------------------------------------------
 
 
-def hu_to_cache(
-    hu: NDArray[np.floating], size: int, windows: Sequence[Window] = DEFAULT_WINDOWS
-) -> NDArray[np.uint8]:
-    """HU (Z, H, W) -> uint8 (Z, C, size, size): windows, antialiased resize, quantise.
-
-    Resizing (``models.preprocess.resize``, as the node does) happens in float before
-    quantising, so a cache at 256 matches what the node computes to within one grey level.
-    """
-    z, h, w = hu.shape
-    out = np.empty((z, len(windows), size, size), dtype=np.uint8)
-    for start in range(0, z, SLICE_CHUNK):
-        x = apply_windows(hu[start : start + SLICE_CHUNK], windows)
-        if (h, w) != (size, size):
-            x = resize(torch.from_numpy(x), size).numpy()
-            np.clip(x, 0.0, 1.0, out=x)
-        x *= 255.0
-        x += 0.5
-        out[start : start + SLICE_CHUNK] = x.astype(np.uint8)
-    return out
-
-
 @dataclass
 class _Decoded:
     images: NDArray[np.uint8]
@@ -187,7 +166,7 @@ def _decode(paths: Sequence[Path], size: int, windows: Sequence[Window]) -> _Dec
     else:
         by_sop = {h.sop_uid: h for h in scan.headers}
         return _Decoded(
-            images=hu_to_cache(series.hu, size, windows),
+            images=hu_to_uint8(series.hu, size, windows, chunk=SLICE_CHUNK),
             headers=[by_sop[uid] for uid in series.sop_uids],
             positions=[float(p) for p in series.positions_mm],
             unreadable=unreadable,
@@ -205,7 +184,7 @@ def _decode(paths: Sequence[Path], size: int, windows: Sequence[Window]) -> _Dec
         except SeriesError:
             unreadable += 1
             continue
-        chunks.append(hu_to_cache(one.hu, size, windows))
+        chunks.append(hu_to_uint8(one.hu, size, windows, chunk=SLICE_CHUNK))
         kept.append(header)
         positions.append(float(pos))
         quirks += one.quirk_corrected
