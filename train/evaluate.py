@@ -268,6 +268,8 @@ def evaluate(
         store = open_or_prepare(
             layout, Path(data), meta, cache, out, "train", workers, limit, progress
         )
+    if limit is not None:
+        keys = list(keys if keys is not None else [s.key for s in store.studies])[:limit]
     preds = predict_studies(loaded, store, keys, device=device, tta=tta, progress=progress)
     if layout == "rsna":
         metrics = rsna_metrics(store, preds, meta.thresholds, target_sensitivity)
