@@ -116,7 +116,11 @@ def train_rate(ds: Dataset[dict[str, Any]], size: int, workers: int, steps: int)
 
 def cpu_bench(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    root = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        return _cpu_bench(args, Path(tmp))
+
+
+def _cpu_bench(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     t = time.perf_counter()
     synth_rsna(
         root / "rsna",
