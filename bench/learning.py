@@ -70,7 +70,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench-learning-"))
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
+            _main(args, Path(tmp))
+    else:
+        _main(args, args.out)
+
+
+def _main(args: argparse.Namespace, out: Path) -> None:
     t = time.perf_counter()
     stores = {
         "train": phantom_store(range(args.train), args.size, p_bleed=args.p_bleed, progress=False),
