@@ -45,10 +45,6 @@ class NetworkConfig:
     lstm_layers: int = 2
     dropout: float = 0.0
     num_classes: int = NUM_CLASSES
-    #: LayerNorm on the slice features before the LSTM. Not in the paper; trained from
-    #: random initialisation the backbone's pooled features grow (std ~2.5, max ~20 on
-    #: phantoms) and saturate the LSTM gates, which stalls learning (BENCHMARKS.md).
-    feature_norm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,9 +108,6 @@ class CNNLSTM(nn.Module):
         super().__init__()
         self.config = config
         self.backbone, self.feature_dim = build_backbone(config.backbone, pretrained)
-        self.feature_norm: nn.Module = (
-            nn.LayerNorm(self.feature_dim) if config.feature_norm else nn.Identity()
-        )
         self.lstm: nn.LSTM | None
         if config.lstm:
             self.lstm = nn.LSTM(
@@ -145,8 +138,7 @@ class CNNLSTM(nn.Module):
         if self.lstm is None:
             return self.head(feats)  # type: ignore[no-any-return]
         s = feats.shape[1]
-        # the LSTM runs in fp32 even under autocast (stability)
-        feats = self.feature_norm(feats.float())
+        feats = feats.float()  # the LSTM runs in fp32 even under autocast (stability)
         if mask is None or bool(mask.all()):
             out, _ = self.lstm(feats)
         else:

@@ -35,8 +35,6 @@ class ModelSection(_Section):
     lstm_hidden: int = 512
     lstm_layers: int = 2
     dropout: float = 0.0
-    #: LayerNorm on slice features before the LSTM (not in the paper; see NetworkConfig).
-    feature_norm: bool = False
     #: ImageNet weights through torchvision/timm (needs the internet once).
     pretrained: bool = False
     #: A local backbone state dict instead of a download (takes precedence).

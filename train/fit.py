@@ -176,7 +176,6 @@ def build_model(cfg: FitConfig) -> CNNLSTM:
         lstm_hidden=m.lstm_hidden,
         lstm_layers=m.lstm_layers,
         dropout=m.dropout,
-        feature_norm=m.feature_norm,
     )
     try:
         return CNNLSTM(net, pretrained=pretrained)
