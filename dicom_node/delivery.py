@@ -1,7 +1,7 @@
 """Deliveries of results to PACS: durable, retried with backoff, once per destination.
 
 Each (study, destination) has one row in the index's ``deliveries`` table and, while
-``pending``, one persistent APScheduler job ``deliver:<study>:<destination>``. A job
+``pending``, one persistent APScheduler job ``deliver:<study digest>:<destination>``. A job
 sends the saved SR/SC files (:func:`dicom_node.scu.send`) and then:
 
 * success -> ``sent`` (the same files, hence the same SOP Instance UIDs, are never sent
@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from dicom_node.config import Destination
 from dicom_node.index import DeliveryRow, DeliveryState, Index
 from dicom_node.logs import study_key
+from dicom_node.scheduler import job_key
 from dicom_node.scu import (
     PermanentDeliveryError,
     ScuTimeouts,
@@ -41,7 +42,7 @@ DELIVER_FUNC: Final = "dicom_node.delivery:run_delivery_job"
 
 
 def delivery_job_id(study_uid: str, destination: str) -> str:
-    return f"deliver:{study_uid}:{destination}"
+    return f"deliver:{job_key(study_uid)}:{destination}"
 
 
 class JobScheduler(Protocol):
@@ -214,7 +215,7 @@ def unregister_deliverer(key: str) -> None:
 
 
 def run_delivery_job(study_uid: str, destination: str, runtime_key: str) -> None:
-    """Job body of ``deliver:<study>:<destination>`` (module-level, so it pickles)."""
+    """Job body of ``deliver:<study digest>:<destination>`` (module-level, so it pickles)."""
     with _RUNTIMES_LOCK:
         deliverer = _RUNTIMES.get(runtime_key)
     if deliverer is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -47,6 +48,36 @@ def _calling_aet(event: Event) -> str:
         return ""
 
 
+class BusyAssociations:
+    """Which associations are inside a C-STORE handler right now.
+
+    A graceful stop waits for these (their image is being made durable) but may abort an
+    idle association at once: a PACS often keeps one open for reuse, and waiting for it
+    would hold shutdown for the whole grace period. Nothing unacknowledged is lost: a
+    sender retries what it got no Success for.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[int, int] = {}
+
+    def enter(self, assoc: object) -> None:
+        with self._lock:
+            self._busy[id(assoc)] = self._busy.get(id(assoc), 0) + 1
+
+    def leave(self, assoc: object) -> None:
+        with self._lock:
+            n = self._busy.get(id(assoc), 0) - 1
+            if n > 0:
+                self._busy[id(assoc)] = n
+            else:
+                self._busy.pop(id(assoc), None)
+
+    def is_busy(self, assoc: object) -> bool:
+        with self._lock:
+            return id(assoc) in self._busy
+
+
 @dataclass(frozen=True, slots=True)
 class StoreHandler:
     """EVT_C_STORE: validate, store durably, index, then Success."""
@@ -54,8 +85,18 @@ class StoreHandler:
     spool: Spool
     hash_key: str
     on_stored: StoredCallback | None = None
+    busy: BusyAssociations | None = None
 
     def __call__(self, event: Event) -> int:
+        if self.busy is None:
+            return self._store(event)
+        self.busy.enter(event.assoc)
+        try:
+            return self._store(event)
+        finally:
+            self.busy.leave(event.assoc)
+
+    def _store(self, event: Event) -> int:
         try:
             raw = event.encoded_dataset(include_meta=False)
             req = cast(C_STORE, event.request)

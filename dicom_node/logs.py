@@ -75,7 +75,7 @@ def quiet_pynetdicom() -> None:
     # UID-bearing; "none" leaves them unbound.
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.INFO)
-    # APScheduler logs job ids ("complete:<study UID>") at INFO and DEBUG.
+    # APScheduler logs job ids ("complete:<digest>": no UIDs since job_key) at INFO and DEBUG.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 

@@ -20,6 +20,7 @@ so no study completes before ``last instance + quiet``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -39,8 +40,17 @@ RETENTION_FUNC: Final = "dicom_node.assembly:run_retention_job"
 RETENTION_JOB_ID: Final = "retention"
 
 
+def job_key(study_uid: str) -> str:
+    """The part of a job id that names a study: a digest, never the UID itself.
+
+    APScheduler writes job ids into its own log lines (errors included, which no logger
+    level hides), so an id must not carry a study UID.
+    """
+    return hashlib.sha256(study_uid.encode()).hexdigest()[:24]
+
+
 def complete_job_id(study_uid: str) -> str:
-    return f"complete:{study_uid}"
+    return f"complete:{job_key(study_uid)}"
 
 
 class StudyScheduler:
@@ -124,7 +134,7 @@ class StudyScheduler:
         self.schedule_completion(study_uid, received + self.quiet_seconds)
 
     def schedule_completion(self, study_uid: str, at: float) -> None:
-        """(Re)place the one-shot ``complete:<uid>`` job to run at ``at`` (epoch seconds)."""
+        """(Re)place the one-shot ``complete:<digest>`` job to run at ``at`` (epoch seconds)."""
         self._add_job(
             COMPLETE_FUNC,
             trigger="date",

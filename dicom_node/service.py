@@ -43,6 +43,7 @@ from dicom_node.delivery import (
     unregister_deliverer,
 )
 from dicom_node.handlers import (
+    BusyAssociations,
     RejectLogger,
     StoreHandler,
     handle_echo,
@@ -93,6 +94,7 @@ class Service:
         self.ae: AE | None = None
         self.server: NodelayAssociationServer | None = None
         self._stopped = threading.Event()
+        self._busy = BusyAssociations()
 
     @property
     def port(self) -> int:
@@ -161,7 +163,10 @@ class Service:
             log.info("study.deadlines_restored", extra={"studies": pending})
         self.ae = build_ae(s.node)
         handlers: list[EventHandlerType] = [
-            (evt.EVT_C_STORE, StoreHandler(self.spool, s.logging.hash_key, self._on_stored)),
+            (
+                evt.EVT_C_STORE,
+                StoreHandler(self.spool, s.logging.hash_key, self._on_stored, self._busy),
+            ),
             (evt.EVT_C_ECHO, handle_echo),
             (
                 evt.EVT_REJECTED,
@@ -227,7 +232,11 @@ class Service:
         )
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """Stop listening, wait for open associations (up to ``grace_s``), stop timers."""
+        """Stop listening, let stores in progress finish (up to ``grace_s``), stop timers.
+
+        Associations idle between stores are aborted at once; one inside a C-STORE
+        handler finishes that store (its Success means durable) and is then aborted.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -235,6 +244,9 @@ class Service:
             self.server.shutdown()  # no new associations
             deadline = time.monotonic() + grace_s
             while self.server.active_associations and time.monotonic() < deadline:
+                for assoc in self.server.active_associations:
+                    if not self._busy.is_busy(assoc):
+                        assoc.abort()  # idle (a PACS keeping it for reuse): nothing to finish
                 time.sleep(0.05)
             for assoc in self.server.active_associations:
                 assoc.abort()  # past the grace period: the sender retries what we did not ack

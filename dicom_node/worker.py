@@ -66,7 +66,7 @@ class Prepared:
 
 
 class InferenceWorker:
-    """Owns the predictor; processes queued studies one at a time, in completion order."""
+    """Owns the predictor; processes queued studies one at a time, oldest arrival first."""
 
     def __init__(
         self,
