@@ -12,7 +12,6 @@ half-written checkpoint where the node would load it.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 from collections.abc import Mapping
@@ -154,22 +153,27 @@ def save_checkpoint(path: Path, model: CNNLSTM, meta: CheckpointMeta) -> Checkpo
             "network": model.config,
         }
     )
-    payload = {"meta": stamped.to_dict(), "state_dict": state}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    path = Path(path)
+    atomic_torch_save({"meta": stamped.to_dict(), "state_dict": state}, Path(path))
+    return stamped
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename.
+
+    A reader (the node at start-up, ``--resume``) sees the old file or the new one,
+    never a half-written one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return stamped
 
 
 def file_sha256(path: Path) -> str:

@@ -21,10 +21,8 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -40,7 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint, state_digest
+from models.checkpoint import (
+    CheckpointMeta,
+    atomic_torch_save,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
 from models.labels import LABELS
 from models.network import CNNLSTM, NetworkConfig
 from train import distributed as dd
@@ -124,21 +128,6 @@ def git_commit(cwd: Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def open_store(path: Path) -> StudyStore:

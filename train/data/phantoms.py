@@ -46,6 +46,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from models.labels import LABELS, SUBTYPES
 from models.uids import derived_uid
 
 __all__ = [
@@ -62,17 +63,6 @@ __all__ = [
     "write_study",
 ]
 
-# The six per-slice outputs in the project's one canonical order (METHOD.md "Labels"; the same
-# tuple as ``models.labels.LABELS``). Kept local so this module needs neither torch nor models.
-LABELS: Final[tuple[str, ...]] = (
-    "any",
-    "epidural",
-    "intraparenchymal",
-    "intraventricular",
-    "subarachnoid",
-    "subdural",
-)
-SUBTYPES: Final[tuple[str, ...]] = LABELS[1:]
 
 #: Series a study may carry besides the main soft-tissue axial series.
 EXTRA_SERIES: Final[tuple[str, ...]] = ("bone_thin", "localizer")
