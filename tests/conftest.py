@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
+
+from dicom_node.logs import KeyValueFormatter, quiet_pynetdicom
 
 # Tests run on 2 CPU cores shared with peers (dcmtk, Orthanc); oversubscribing threads
 # makes them slower, not faster.
@@ -15,3 +20,22 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def log_capture() -> Iterator[io.StringIO]:
+    """Everything this process logs (root at DEBUG, pynetdicom at INFO as the node sets it).
+
+    The no-PHI tests read it: what a test plants as patient data must never appear here.
+    """
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    quiet_pynetdicom()
+    yield buf
+    root.removeHandler(handler)
+    root.setLevel(old)

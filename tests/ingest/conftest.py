@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import shutil
 import subprocess
 import urllib.error
@@ -47,7 +46,6 @@ from pydicom.uid import (
 )
 
 from dicom_node.config import load_settings
-from dicom_node.logs import KeyValueFormatter, quiet_pynetdicom
 from dicom_node.service import Service
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
 
@@ -111,22 +109,6 @@ def ts_variants(
 
 
 # -- the node ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def log_capture() -> Iterator[io.StringIO]:
-    """Everything logged (root at DEBUG, pynetdicom at INFO as the node sets it)."""
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    quiet_pynetdicom()
-    yield buf
-    root.removeHandler(handler)
-    root.setLevel(old)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import subprocess
 import urllib.error
 from collections.abc import Callable, Iterator
@@ -21,7 +20,6 @@ from peers import free_port
 from pipeline.support import RecordingPacs, make_checkpoint, pipeline_config, start_pacs
 
 from dicom_node.config import load_settings
-from dicom_node.logs import KeyValueFormatter, quiet_pynetdicom
 from dicom_node.service import Service
 
 
@@ -31,22 +29,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
     make_checkpoint(path, input_size=64)
     return path
-
-
-@pytest.fixture
-def log_capture() -> Iterator[io.StringIO]:
-    """Everything this process logs (root at DEBUG, pynetdicom at INFO as the node sets it)."""
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    quiet_pynetdicom()
-    yield buf
-    root.removeHandler(handler)
-    root.setLevel(old)
 
 
 @pytest.fixture
