@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -161,3 +163,49 @@ class Orthanc:
 
     def upload(self, path: Path) -> str:
         return str(self.request("POST", "/instances", path.read_bytes())["ID"])
+
+
+class ServeProcess:
+    """``python -m dicom_node.cli serve --config F`` as a subprocess, its log in a file.
+
+    The constructor returns once the node prints that it listens (model loaded, worker
+    started): that line is the readiness signal, no sleep.
+    """
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=self._fh,
+            env=PEER_ENV,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
+        if not line.startswith("listening on"):
+            self.kill()
+            raise AssertionError(f"serve did not start: {log.read_text(encoding='utf-8')}")
+        self.port = int(line.split()[2].rsplit(":", 1)[1])
+
+    def _close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._fh.close()
+
+    def kill(self) -> int:
+        """SIGKILL: no shutdown code runs, as in a power cut of the process."""
+        self.proc.send_signal(signal.SIGKILL)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._close()
+
+    def stop(self) -> int:
+        """SIGTERM: a clean shutdown."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self._close()

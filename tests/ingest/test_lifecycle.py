@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +12,10 @@ from pathlib import Path
 
 from ingest.helpers import (
     NODE_AET,
-    PEER_ENV,
     SENTINEL_ID,
     SENTINEL_NAME,
     Node,
+    ServeProcess,
     storescu,
     wait_for,
     write_config,
@@ -27,33 +26,6 @@ from dicom_node.cli import app
 from dicom_node.index import Index, StudyRow
 from dicom_node.scheduler import complete_job_id
 from train.data.phantoms import WrittenStudy
-
-
-class Served:
-    """``python -m dicom_node.cli serve`` in a subprocess, its log in a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=self._fh,
-            env=PEER_ENV,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
-        assert line.startswith("listening on"), f"serve did not start: {log.read_text()}"
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self._fh.close()
 
 
 def _study(index_db: Path, uid: str) -> StudyRow | None:
@@ -70,7 +42,7 @@ def test_restart_between_last_instance_and_deadline_still_completes(
     quiet = 3.0
     cfg = write_config(tmp_path, study={"quiet_seconds": quiet}, logging={"level": "INFO"})
     log = tmp_path / "serve.log"
-    node = Served(cfg, log)
+    node = ServeProcess(cfg, log)
     assert storescu(node.port, phantom.main.files).returncode == 0
     assert node.stop() == 0  # SIGTERM: clean shutdown
     # Stopped before the deadline: still receiving, and the timer is in the job store.
@@ -82,7 +54,7 @@ def test_restart_between_last_instance_and_deadline_still_completes(
     assert complete_job_id(phantom.study_uid) in ids
     assert not any(phantom.study_uid in i for i in ids)  # ids reach APScheduler's logs
 
-    node = Served(cfg, log)
+    node = ServeProcess(cfg, log)
     try:
         done = wait_for(
             lambda: (

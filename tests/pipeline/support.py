@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections import Counter
@@ -21,7 +18,7 @@ from typing import Any
 
 import pydicom
 import yaml
-from ingest.helpers import PEER_ENV, SENTINEL_ID, SENTINEL_NAME, write_config
+from ingest.helpers import SENTINEL_ID, SENTINEL_NAME, write_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
@@ -230,49 +227,3 @@ def http_bytes(url: str, timeout: float = 30) -> bytes:
     """GET ``url`` and return the body (Orthanc's ``/instances/{id}/file``)."""
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback Orthanc only
         return bytes(resp.read())
-
-
-class ServeProcess:
-    """``python -m dicom_node.cli serve --config F`` as a subprocess, its log in a file.
-
-    The constructor returns once the node prints that it listens (model loaded, worker
-    started): that line is the readiness signal, no sleep.
-    """
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=self._fh,
-            env=PEER_ENV,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
-        if not line.startswith("listening on"):
-            self.kill()
-            raise AssertionError(f"serve did not start: {log.read_text(encoding='utf-8')}")
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
-
-    def _close(self) -> None:
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._fh.close()
-
-    def kill(self) -> int:
-        """SIGKILL: no shutdown code runs, as in a power cut of the process."""
-        self.proc.send_signal(signal.SIGKILL)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._close()
-
-    def stop(self) -> int:
-        """SIGTERM: a clean shutdown."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self._close()

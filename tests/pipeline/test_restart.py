@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest.helpers import storescu, wait_for
+from ingest.helpers import ServeProcess, storescu, wait_for
 from pipeline.support import (
     RecordingPacs,
-    ServeProcess,
     assert_no_phi,
     destination,
     make_checkpoint,
