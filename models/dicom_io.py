@@ -296,17 +296,25 @@ def stored_to_hu(
     above ``2**BitsStored - 1000`` occur: they are two's-complement negatives (air).
     Wrapping them by ``2**BitsStored`` restores -1000 HU air; values below stay as is.
     """
+    return _stored_to_hu(ds, raw)[0]
+
+
+def _stored_to_hu(
+    ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]
+) -> tuple[NDArray[np.float32], bool]:
+    """:func:`stored_to_hu`, plus whether the quirk was corrected (for the count)."""
     slope = _float(ds.get("RescaleSlope")) or 1.0
     intercept = _float(ds.get("RescaleIntercept"))
     intercept = 0.0 if intercept is None else intercept
     hu = raw.astype(np.float32)
+    corrected = False
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if not signed and intercept > -100 and raw.dtype.kind in "ui":
         bits = int(ds.get("BitsStored", 16))
         modulus = float(1 << bits)
-        wrap_at = modulus - 1000.0
-        high = hu >= wrap_at
-        if high.any():
+        high = hu >= modulus - 1000.0
+        corrected = bool(high.any())
+        if corrected:
             hu[high] -= modulus
     if slope != 1.0:
         hu *= slope
@@ -316,16 +324,7 @@ def stored_to_hu(
     if lo < -10000 or hi > 40000:
         raise SeriesError(f"implausible CT values after rescale ({lo:.0f}..{hi:.0f} HU)")
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
-    return hu
-
-
-def was_quirk_corrected(ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]) -> bool:
-    """True when :func:`stored_to_hu` would wrap values of this image (for counting)."""
-    if int(ds.get("PixelRepresentation", 0)) == 1 or raw.dtype.kind not in "ui":
-        return False
-    intercept = _float(ds.get("RescaleIntercept")) or 0.0
-    bits = int(ds.get("BitsStored", 16))
-    return intercept > -100 and bool((raw >= (1 << bits) - 1000).any())
+    return hu, corrected
 
 
 @dataclass(frozen=True)
@@ -377,9 +376,8 @@ def read_series(headers: Sequence[InstanceHeader]) -> CTSeries:
         raw = _raw_pixels(ds)
         if raw.shape != (rows, cols):
             raise SeriesError(f"slice {i + 1} pixel array {raw.shape} != ({rows}, {cols})")
-        if was_quirk_corrected(ds, raw):
-            quirks += 1
-        hu[i] = stored_to_hu(ds, raw)
+        hu[i], corrected = _stored_to_hu(ds, raw)
+        quirks += corrected
     if quirks:
         log.info("series.pixel_quirk_corrected", extra={"n": quirks})
     first = ordered.headers[0]
