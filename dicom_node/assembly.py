@@ -24,6 +24,7 @@ from pydicom.uid import UID
 
 from dicom_node.index import Index, StudyRow, StudyState
 from dicom_node.logs import study_key
+from dicom_node.runtimes import Runtimes
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -178,24 +179,16 @@ class Assembler:
 
 # -- what the durable jobs call ---------------------------------------------------------
 
-_RUNTIMES: dict[str, Assembler] = {}
-_RUNTIMES_LOCK = threading.Lock()
+ASSEMBLERS: Runtimes[Assembler] = Runtimes()
 
 
 def register_runtime(key: str, assembler: Assembler) -> None:
     """Make ``assembler`` the one that jobs carrying ``key`` (the config path) reach."""
-    with _RUNTIMES_LOCK:
-        _RUNTIMES[key] = assembler
+    ASSEMBLERS.register(key, assembler)
 
 
 def unregister_runtime(key: str) -> None:
-    with _RUNTIMES_LOCK:
-        _RUNTIMES.pop(key, None)
-
-
-def _runtime(key: str) -> Assembler | None:
-    with _RUNTIMES_LOCK:
-        return _RUNTIMES.get(key)
+    ASSEMBLERS.unregister(key)
 
 
 def run_complete_job(study_uid: str, runtime_key: str) -> None:
@@ -205,7 +198,7 @@ def run_complete_job(study_uid: str, runtime_key: str) -> None:
     with another config), nothing is lost: start-up schedules every ``receiving`` study
     that has no job.
     """
-    assembler = _runtime(runtime_key)
+    assembler = ASSEMBLERS.get(runtime_key)
     if assembler is None:
         log.warning("study.job_orphaned", extra={"runtime": runtime_key})
         return
@@ -220,7 +213,7 @@ def run_complete_job(study_uid: str, runtime_key: str) -> None:
 
 def run_retention_job(runtime_key: str) -> None:
     """Job body of the retention sweep."""
-    assembler = _runtime(runtime_key)
+    assembler = ASSEMBLERS.get(runtime_key)
     if assembler is None:
         return
     try:

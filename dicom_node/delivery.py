@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from dicom_node.config import Destination
 from dicom_node.index import DeliveryRow, DeliveryState, Index
 from dicom_node.logs import study_key
+from dicom_node.runtimes import Runtimes
 from dicom_node.scheduler import job_key
 from dicom_node.scu import (
     PermanentDeliveryError,
@@ -200,24 +201,20 @@ class Deliverer:
         log.log(level, "delivery.attempt", extra=fields)
 
 
-_RUNTIMES: dict[str, Deliverer] = {}
-_RUNTIMES_LOCK = threading.Lock()
+DELIVERERS: Runtimes[Deliverer] = Runtimes()
 
 
 def register_deliverer(key: str, deliverer: Deliverer) -> None:
-    with _RUNTIMES_LOCK:
-        _RUNTIMES[key] = deliverer
+    DELIVERERS.register(key, deliverer)
 
 
 def unregister_deliverer(key: str) -> None:
-    with _RUNTIMES_LOCK:
-        _RUNTIMES.pop(key, None)
+    DELIVERERS.unregister(key)
 
 
 def run_delivery_job(study_uid: str, destination: str, runtime_key: str) -> None:
     """Job body of ``deliver:<study digest>:<destination>`` (module-level, so it pickles)."""
-    with _RUNTIMES_LOCK:
-        deliverer = _RUNTIMES.get(runtime_key)
+    deliverer = DELIVERERS.get(runtime_key)
     if deliverer is None:
         log.warning("delivery.job_orphaned", extra={"runtime": runtime_key})
         return
