@@ -177,7 +177,7 @@ def reindex(config: ConfigOpt = None) -> None:
     try:
         index = Index(settings.resolve(st.index_db))
         spool = Spool(settings.resolve(st.spool_dir), index, min_free_mb=st.min_free_disk_mb,
-                      max_spool_gb=st.max_spool_gb)  # fmt: skip
+                      max_spool_gb=st.max_spool_gb, journal_segment_mb=None)  # fmt: skip
         n = do_reindex(spool)
         n_studies = len(index.studies())
         index.close()

@@ -110,6 +110,8 @@ class Service:
             self.index,
             min_free_mb=s.storage.min_free_disk_mb,
             max_spool_gb=s.storage.max_spool_gb,
+            journal_segment_mb=s.storage.journal_segment_mb or None,
+            journal_checkpoint_s=s.storage.journal_checkpoint_s,
         )
         self.spool.reconcile()
         self.scheduler = StudyScheduler(
@@ -250,6 +252,8 @@ class Service:
                 time.sleep(0.05)
             for assoc in self.server.active_associations:
                 assoc.abort()  # past the grace period: the sender retries what we did not ack
+        if self.spool is not None:
+            self.spool.close()  # checkpoint the journal: nothing left to replay at the next start
         if self.worker is not None:
             self.worker.stop()
         if self.scheduler is not None:

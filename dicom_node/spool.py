@@ -1,14 +1,18 @@
 """The durable spool: received instances as files, exactly as they arrived, plus the index.
 
-``put`` is the path of every C-STORE: write to a temporary file in the target folder,
-fsync, ``os.replace`` into ``<spool>/<study>/<series>/<sop>.dcm``, fsync the folder (a
-rename is durable only once its directory entry is), record the row in the index, and
-only then may the handler answer Success (PS3.4 B.2.3: after Success the sender may
-delete its copy). Nothing is decoded or transcoded: the bytes are pynetdicom's encoded
-dataset behind a File Meta header built from the negotiated transfer syntax.
+``put`` is the path of every C-STORE: append the bytes to the write-ahead journal,
+write ``<spool>/<study>/<series>/<sop>.dcm`` (temporary name, then rename), wait for
+the journal's group-committed flush, record the row in the index, and only then may
+the handler answer Success (PS3.4 B.2.3: after Success the sender may delete its
+copy). One flush per store, shared by concurrent associations, instead of two per
+file (file, then folder): see :mod:`dicom_node.journal`, which also makes the files
+themselves durable in the background and replays them after a crash. Nothing is
+decoded or transcoded: the bytes are pynetdicom's encoded dataset behind a File Meta
+header built from the negotiated transfer syntax.
 
-The files are the truth. :meth:`Spool.reconcile` (every start) indexes files the index
-lacks, :func:`reindex` rebuilds a lost index from the files alone.
+The files are the truth once checkpointed. :meth:`Spool.reconcile` (every start)
+indexes files the index lacks, :func:`reindex` rebuilds a lost index from the files
+alone; both run after the journal has been replayed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import shutil
 import struct
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ from pydicom.uid import (
 
 from dicom_node.errors import NodeError
 from dicom_node.index import Index, InstanceRow, Recorded
+from dicom_node.journal import Journal, recover, write_durably, write_file
 from dicom_node.uids import InvalidUID, check_uid
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ SUCCESS: Final = 0x0000
 OUT_OF_RESOURCES: Final = 0xA700
 DATASET_MISMATCH: Final = 0xA900  # Data Set does not match SOP Class
 CANNOT_UNDERSTAND: Final = 0xC000
+
+#: The journal's folder inside the spool (dot: never taken for a study).
+JOURNAL_DIR: Final = ".journal"
 
 _LAST_TAG_NEEDED: Final = 0x0020000E  # Series Instance UID; Study (0020,000D) comes before
 
@@ -274,8 +281,9 @@ class Spool:
     """Files under ``root`` and their index rows; safe to call from many threads."""
 
     def __init__(
-        self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100
-    ) -> None:
+        self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100,
+        journal_segment_mb: float | None = 64, journal_checkpoint_s: float = 2.0,
+    ) -> None:  # fmt: skip
         self.root = root
         self.index = index
         self.min_free_bytes = int(min_free_mb * MIB)
@@ -284,6 +292,20 @@ class Spool:
         self._size_lock = threading.Lock()
         self._size = index.total_size()
         self.guard_log = RateLimitedLog(60.0)
+        # A crash may have left acknowledged instances only in the journal: replay them
+        # before anything else looks at the files (reconcile, reindex, the SCP).
+        self.recovery = recover(root / JOURNAL_DIR, root)
+        self.journal: Journal | None = None
+        if journal_segment_mb is not None:
+            self.journal = Journal(
+                root / JOURNAL_DIR, root, segment_bytes=int(journal_segment_mb * MIB),
+                idle_checkpoint_s=journal_checkpoint_s,
+            )  # fmt: skip
+
+    def close(self) -> None:
+        """Checkpoint and close the journal (a clean stop leaves nothing to replay)."""
+        if self.journal is not None:
+            self.journal.close()
 
     @property
     def size(self) -> int:
@@ -310,21 +332,28 @@ class Spool:
             )  # fmt: skip
             raise SpoolFull("spool above storage.max_spool_gb")
 
-    def _mkdirs(self, folder: Path) -> None:
-        """Create ``folder`` (two levels under root) and fsync each new entry's parent."""
+    def _mkdirs(self, folder: Path, durable: bool) -> None:
+        """Create ``folder`` (two levels under root); ``durable``: fsync each new entry's
+        parent (not needed under the journal: recovery recreates folders)."""
         if folder.is_dir():
             return
         study = folder.parent
         if not study.is_dir():
             study.mkdir(exist_ok=True)
-            _fsync_dir(self.root)
+            if durable:
+                _fsync_dir(self.root)
         folder.mkdir(exist_ok=True)
-        _fsync_dir(study)
+        if durable:
+            _fsync_dir(study)
 
     def put(
         self, ref: InstanceRef, data: bytes, received: float | None = None, header: bytes = b""
     ) -> Stored:
         """Store ``header + data`` durably and index it; a known SOP Instance is not rewritten.
+
+        Durable means: its journal record flushed (group commit, see
+        :mod:`dicom_node.journal`), or, without a journal or for an instance too large
+        for one, the file fsynced and renamed and its folder fsynced.
 
         Raises :class:`SpoolFull` (answer 0xA700) or :class:`OSError` / index errors
         (likewise: out of resources, the sender keeps its copy and retries).
@@ -336,23 +365,20 @@ class Spool:
             rec = self.index.record(self._row(ref, size, received))
             return Stored(ref, rec, final, received)
         self.check_space(size)
-        folder = final.parent
-        self._mkdirs(folder)
-        tmp = folder / f".{ref.sop_uid}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            for part in (header, data):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        tmp.replace(final)
-        _fsync_dir(folder)
+        journal = self.journal
+        if journal is None or size + 4096 > journal.max_record:
+            self._mkdirs(final.parent, durable=True)
+            write_durably(final, (header, data))
+        else:
+            self._mkdirs(final.parent, durable=False)
+            ticket = journal.append(ref.relpath(), (header, data))
+            written: Path | None = None
+            try:
+                write_file(final, (header, data))
+                written = final
+                journal.commit(ticket)
+            finally:
+                journal.release(ticket, written)
         rec = self.index.record(self._row(ref, size, received))
         if rec.inserted:
             with self._size_lock:
@@ -385,7 +411,8 @@ class Spool:
     def remove_stale_tmp(self) -> int:
         """Delete temporary files a crash left behind (never answered Success)."""
         n = 0
-        for dirpath, _dirs, filenames in os.walk(self.root):
+        for dirpath, dirs, filenames in os.walk(self.root):
+            dirs[:] = [d for d in dirs if d != JOURNAL_DIR]  # the journal's own files
             for name in filenames:
                 if name.startswith(".") and name.endswith(".tmp"):
                     (Path(dirpath) / name).unlink(missing_ok=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from ingest.helpers import (
     SENTINEL_NAME,
     Node,
     ServeProcess,
+    dataset_bytes,
     storescu,
     wait_for,
     write_config,
@@ -73,6 +75,43 @@ def test_restart_between_last_instance_and_deadline_still_completes(
     assert "event=node.stopped" in text
     for secret in (SENTINEL_NAME, SENTINEL_ID, phantom.study_uid):
         assert secret not in text
+
+
+def test_killed_node_replays_acknowledged_instances_from_its_journal(
+    phantom: WrittenStudy, tmp_path: Path
+) -> None:
+    """SIGKILL right after the sender got its Successes, then the spool files and the
+    index lost as a power cut would lose unflushed pages: the journal brings all back."""
+    cfg = write_config(tmp_path, storage={"journal_checkpoint_s": 3600})
+    log = tmp_path / "serve.log"
+    node = ServeProcess(cfg, log)
+    assert storescu(node.port, phantom.main.files).returncode == 0
+    node.kill()
+    study_dir = tmp_path / "spool" / phantom.study_uid
+    assert len(list(study_dir.rglob("*.dcm"))) == len(phantom.main.files)
+    shutil.rmtree(study_dir)
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+
+    node = ServeProcess(cfg, log)
+    try:
+        done = wait_for(
+            lambda: (
+                (s := _study(tmp_path / "index.sqlite", phantom.study_uid)) is not None
+                and s.state == "complete"
+                and s
+            ),
+            timeout=30,
+            what="completion after replay",
+        )
+    finally:
+        assert node.stop() == 0
+    assert done.instances == len(phantom.main.files)
+    sent = sorted(dataset_bytes(f) for f in phantom.main.files)
+    assert sorted(dataset_bytes(f) for f in study_dir.rglob("*.dcm")) == sent
+    text = log.read_text()
+    assert "event=journal.recovered segments=" in text
+    assert f"rewritten={len(phantom.main.files)}" in text
 
 
 def test_reindex_rebuilds_a_deleted_index(

@@ -126,7 +126,7 @@ class FakeScheduler:
 
 def test_completion_waits_for_quiet_then_calls_hooks(tmp_path: Path) -> None:
     index = Index(tmp_path / "i.sqlite")
-    spool = Spool(tmp_path / "spool", index, min_free_mb=0)
+    spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     sched = FakeScheduler()
     seen: list[StudyRow] = []
     asm = Assembler(index, spool, sched, quiet_seconds=30, hash_key="k", hooks=[seen.append])
@@ -143,7 +143,7 @@ def test_completion_waits_for_quiet_then_calls_hooks(tmp_path: Path) -> None:
 
 def test_study_without_ct_is_skipped_with_reason(tmp_path: Path) -> None:
     index = Index(tmp_path / "i.sqlite")
-    spool = Spool(tmp_path / "spool", index, min_free_mb=0)
+    spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     asm = Assembler(index, spool, FakeScheduler(), quiet_seconds=1, hash_key="k", hooks=[])
     index.record(_row("1.3.1.1", study="1.3", cls=SC))
     assert asm.complete("1.3", now=500.0) == "skipped"
@@ -156,7 +156,7 @@ def test_study_without_ct_is_skipped_with_reason(tmp_path: Path) -> None:
 
 def test_retention_purges_processed_studies_only(tmp_path: Path) -> None:
     index = Index(tmp_path / "i.sqlite")
-    spool = Spool(tmp_path / "spool", index, min_free_mb=0)
+    spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     for study in ("1.4", "1.5"):
         folder = tmp_path / "spool" / study / "1.2.1"
         folder.mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_shutdown_while_a_job_moves_its_deadline_does_not_deadlock(tmp_path: Pat
 
     index = _GatedIndex(tmp_path / "i.sqlite")
     index.record(_row("1.6.1", study="1.6", t=time.time() + 3600))  # due in an hour
-    spool = Spool(tmp_path / "spool", index, min_free_mb=0)
+    spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     sched = StudyScheduler(tmp_path / "jobs.sqlite", quiet_seconds=1, runtime_key="gate")
     asm = Assembler(index, spool, sched, quiet_seconds=1, hash_key="k", hooks=[])
     register_runtime("gate", asm)
