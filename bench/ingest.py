@@ -10,7 +10,9 @@ What each receiver promises before answering Success:
 
 - our node: file fsynced and renamed (folder fsynced), index row committed (durable);
 - Orthanc 1.10 (defaults): file written with its storage area's sync, SQLite index;
-- dcmtk storescp: file written, no fsync (a floor, not a peer in durability).
+- dcmtk storescp: file written, no fsync (a floor, not a peer in durability);
+- bare pynetdicom (``bench/bare_pynetdicom_scp.py``): the bytes written to a file, no
+  fsync, no index: what the library our node is built on costs by itself.
 
 Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
 Usage::
@@ -218,6 +220,33 @@ class OrthancPeer(Receiver):
             return int(json.load(r)["CountInstances"])
 
 
+class BarePynetdicom(Receiver):
+    name, aec = "bare pynetdicom", "BARE"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.work = Path()
+
+    def start(self, work: Path) -> int:
+        self.work = work
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "bare_pynetdicom_scp.py"), str(port),
+             str(work / "out")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def count(self) -> int:
+        return sum(1 for _ in (self.work / "out").iterdir())
+
+
 def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     for rep in range(repeat):
@@ -251,7 +280,7 @@ def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> st
         "| receiver | 1 association | 4 associations |",
         "|---|---|---|",
     ]
-    for name in (OurNode.name, StoreSCP.name, OrthancPeer.name):
+    for name in (OurNode.name, StoreSCP.name, OrthancPeer.name, BarePynetdicom.name):
         cells = []
         for p in (1, 4):
             r = rates[f"{name}|{p}"]
@@ -263,7 +292,8 @@ def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> st
         lines.append(
             f"- {p} association{'s' if p > 1 else ''}: node / Orthanc = "
             f"{ours / med(f'{OrthancPeer.name}|{p}'):.2f}x, node / storescp = "
-            f"{ours / med(f'{StoreSCP.name}|{p}'):.2f}x"
+            f"{ours / med(f'{StoreSCP.name}|{p}'):.2f}x, node / bare pynetdicom = "
+            f"{ours / med(f'{BarePynetdicom.name}|{p}'):.2f}x"
         )
     if node.peak_rss_kb:
         what = "with its inference worker" if node.worker else "receive-only"
@@ -278,7 +308,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", type=Path, default=REPO / "var" / "bench" / "ingest-data")
-    ap.add_argument("--only", choices=["node", "storescp", "orthanc"], action="append")
+    ap.add_argument(
+        "--only", choices=["node", "storescp", "orthanc", "pynetdicom"], action="append"
+    )
     ap.add_argument(
         "--with-worker", action="store_true", help="node with its inference worker started"
     )
@@ -286,12 +318,15 @@ def main() -> None:
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
     node = OurNode(worker=args.with_worker)
-    receivers: list[Receiver] = [node, StoreSCP(), OrthancPeer()]
+    receivers: list[Receiver] = [node, StoreSCP(), OrthancPeer(), BarePynetdicom()]
     if args.only:
-        keep = {"node": OurNode, "storescp": StoreSCP, "orthanc": OrthancPeer}
+        keep: dict[str, type[Receiver]] = {
+            "node": OurNode, "storescp": StoreSCP, "orthanc": OrthancPeer,
+            "pynetdicom": BarePynetdicom,
+        }  # fmt: skip
         receivers = [r for r in receivers if any(isinstance(r, keep[o]) for o in args.only)]
     rates = run(receivers, files, args.repeat)
-    if len(receivers) == 3:
+    if len(receivers) == 4:
         print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
     else:
         for key, r in rates.items():
