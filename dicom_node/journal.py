@@ -9,11 +9,12 @@ storing at the same moment (group commit, as databases do it):
 
 1. the instance (File Meta header + dataset bytes, exactly what its spool file will
    hold) is appended to a preallocated segment file with one ``pwritev``;
-2. the spool file is written (temporary name, then rename) *without* a flush;
-3. :meth:`Journal.commit` returns once an ``fdatasync`` of the segment that started
+2. :meth:`Journal.commit` returns once an ``fdatasync`` of the segment that started
    after step 1 has finished. One caller flushes, the others waiting at that moment
    ride on the same flush. Overwriting blocks that are already allocated needs no
-   file-system metadata commit, so this flush is the cheapest durable write there is.
+   file-system metadata commit, so this flush is the cheapest durable write there is;
+3. only then is the spool file written (temporary name, then rename) *without* a
+   flush. Any spool file a crash can leave half-written thus has an intact record.
 
 A checkpointer thread later makes the spool files themselves durable (one ``syncfs``
 for a whole segment's worth, or an ``fsync`` per file where ``syncfs`` is missing) and

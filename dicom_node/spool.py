@@ -371,12 +371,16 @@ class Spool:
             write_durably(final, (header, data))
         else:
             self._mkdirs(final.parent, durable=False)
+            # The file only after its record is durable: then any file a crash can leave
+            # half-written has an intact record, and replay rewrites it before reconcile
+            # could index it (a broken file indexed would make the sender's retry look
+            # like a duplicate and keep the broken copy).
             ticket = journal.append(ref.relpath(), (header, data))
             written: Path | None = None
             try:
+                journal.commit(ticket)
                 write_file(final, (header, data))
                 written = final
-                journal.commit(ticket)
             finally:
                 journal.release(ticket, written)
         rec = self.index.record(self._row(ref, size, received))

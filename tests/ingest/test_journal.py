@@ -45,8 +45,8 @@ def _crash_after_commits(spool: Path, payloads: dict[int, bytes], segment: int =
             target = spool / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             t = j.append(rel, [blob[:100], blob[100:]])
-            write_file(target, [blob])
             j.commit(t)
+            write_file(target, [blob])
             j.release(t, target)
         os._exit(0)  # no checkpoint, no close: a crash
     """)
@@ -147,8 +147,8 @@ def test_a_recycled_segment_never_resurrects_checkpointed_records(tmp_path: Path
     target = spool / _rel(1)
     target.parent.mkdir(parents=True)
     t = j.append(_rel(1), [old])
-    write_file(target, [old])
     j.commit(t)
+    write_file(target, [old])
     j.release(t, target)
     j.close()  # checkpointed: its segments are free for reuse
     target.unlink()  # later purged by retention
@@ -174,8 +174,8 @@ def test_records_never_straddle_segments(tmp_path: Path) -> None:
         target = spool / _rel(i)
         target.parent.mkdir(parents=True, exist_ok=True)
         t = j.append(_rel(i), [blob])
-        write_file(target, [blob])
         j.commit(t)
+        write_file(target, [blob])
         j.release(t, target)
     j.close()
     assert j.stats.checkpoints == 3
