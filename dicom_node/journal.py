@@ -57,6 +57,8 @@ _HCRC: Final = struct.Struct("<I")
 _HEAD_SIZE: Final = _HEAD.size + _HCRC.size
 _MAX_PATH: Final = 1024
 _ZERO_CHUNK: Final = 1 << 20
+#: Checkpointed segments kept for reuse (the active one and a spare are extra).
+KEEP_FREE: Final = 2
 
 
 def _aligned(n: int) -> int:
@@ -257,12 +259,19 @@ class Journal:
         self._cond.notify_all()
 
     def _free_segment(self, seg: _Segment) -> None:
-        """Close ``seg`` and rename it ``free-<seq>`` (call under lock)."""
+        """Close ``seg`` and keep it as ``free-<seq>`` for reuse (call under lock).
+
+        At most :data:`KEEP_FREE` are kept: a burst that outran the checkpointer does
+        not hold its segments' disk space for ever.
+        """
         os.close(seg.fd)
-        free = self.folder / f"free-{seg.seq:012d}.wal"
-        seg.path.replace(free)
+        if len(self._free) >= KEEP_FREE:
+            seg.path.unlink()
+        else:
+            free = self.folder / f"free-{seg.seq:012d}.wal"
+            seg.path.replace(free)
+            self._free.append(free)
         _fsync_dir(self.folder)
-        self._free.append(free)
 
     # -- append and group commit -------------------------------------------------------
 

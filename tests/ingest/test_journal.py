@@ -14,7 +14,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from dicom_node.journal import ALIGN, Journal, recover, write_file
+from dicom_node.journal import ALIGN, KEEP_FREE, Journal, recover, write_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,6 +182,7 @@ def test_records_never_straddle_segments(tmp_path: Path) -> None:
     for i, blob in blobs.items():
         assert (spool / _rel(i)).read_bytes() == blob
     assert not list((spool / ".journal").glob("seg-*.wal"))
+    assert len(list((spool / ".journal").glob("free-*.wal"))) == KEEP_FREE
 
 
 def test_spool_routes_large_instances_around_the_journal(tmp_path: Path) -> None:
