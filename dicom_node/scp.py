@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import pynetdicom.association
+import pynetdicom.dul
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -104,7 +105,7 @@ class _WakingQueue(queue.Queue[Any]):
 
 
 class _ReactorClock:
-    """Stands in for the ``time`` module inside ``pynetdicom.association``.
+    """Stands in for the ``time`` module inside ``pynetdicom.association`` and ``.dul``.
 
     pynetdicom's acceptor reactor polls its DIMSE queue with ``time.sleep(0.001)``
     between checks: a received C-STORE waits half a millisecond on average, plus
@@ -132,9 +133,9 @@ _CLOCK_LOCK = threading.Lock()
 
 def _install_reactor_clock() -> None:
     with _CLOCK_LOCK:
-        module = pynetdicom.association
-        if not isinstance(getattr(module, "time", None), _ReactorClock):
-            setattr(module, "time", _ReactorClock())  # noqa: B010 - a module global, on purpose
+        for module in (pynetdicom.association, pynetdicom.dul):
+            if not isinstance(getattr(module, "time", None), _ReactorClock):
+                setattr(module, "time", _ReactorClock())  # noqa: B010 - a module global, on purpose
 
 
 def tune_acceptor(event: Event) -> None:
@@ -144,10 +145,16 @@ def tune_acceptor(event: Event) -> None:
     else touches these objects yet.
     """
     assoc = event.assoc
-    assoc.dul._run_loop_delay = DUL_IDLE_DELAY_S
     wake = threading.Event()
     assoc._ich_wake = wake  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = _WakingQueue(wake)
+    # The DUL thread likewise: its idle sleep ends as soon as the association hands it
+    # a primitive to send (our C-STORE response), instead of after the sleep.
+    dul = assoc.dul
+    dul._run_loop_delay = DUL_IDLE_DELAY_S
+    dul_wake = threading.Event()
+    dul._ich_wake = dul_wake  # type: ignore[attr-defined]
+    dul.to_provider_queue = _WakingQueue(dul_wake)
 
 
 class NodelayAssociationServer(ThreadedAssociationServer):
