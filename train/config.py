@@ -74,6 +74,13 @@ class OptimSection(_Section):
     accumulation: int = 2
     #: 0 = no clipping (the published recipe does not clip).
     grad_clip: float = 0.0
+    #: Learning-rate factor for the LSTM and head (the backbone gets ``lr``); 1 = the
+    #: published recipe (one rate for everything).
+    sequence_lr_scale: float = Field(default=1.0, gt=0.0)
+    #: Weight of an auxiliary loss from a linear per-slice head on the backbone features
+    #: (deep supervision, training only: the head is not in the checkpoint and inference
+    #: is unchanged; ``train.fit.DeepSupervised``). 0 = off, the published recipe.
+    aux_weight: float = Field(default=0.0, ge=0.0)
     loss_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
 

@@ -5,7 +5,10 @@ only; AdamW (lr 1e-3, weight decay 0.01, none on biases, and here also none on
 normalisation weights: every 1-D parameter is exempt); warm-up over 3 epochs times a
 cosine over all epochs, stepped per optimiser step (:mod:`train.schedule`); 5 studies x
 10 contiguous slices per micro-batch; gradient accumulation 2; mixed precision on GPU
-with fp32 parameters (BatchNorm included); per-slice augmentation and CutMix.
+with fp32 parameters (BatchNorm included); per-slice augmentation and CutMix. Two
+options outside the paper, off by default: a lower learning rate for the LSTM and head
+(``optim.sequence_lr_scale``) and deep supervision of the backbone by an auxiliary
+per-slice head (``optim.aux_weight``, :class:`DeepSupervised`).
 
 Each epoch ends with validation on whole studies (sharded across ranks), a row in
 ``metrics.csv``, PNG curves, and atomic writes of ``last.pt`` (the node's checkpoint
@@ -100,18 +103,56 @@ def masked_weighted_bce(
     return (per * m).sum() / denom
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and kernels only; biases and norm weights (1-D) exempt."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _name, p in model.named_parameters():
+def param_groups(
+    model: nn.Module, weight_decay: float, sequence_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices and kernels only; biases and norm weights (1-D) exempt.
+
+    ``sequence_lr_scale`` multiplies the learning rate of everything after the backbone
+    (LSTM and head; ``lr_scale`` in the group, applied by :class:`WarmupCosine`), so the
+    sequence model can move more slowly than a randomly initialised backbone
+    (``optim.sequence_lr_scale``). Empty groups are left out; with a scale of 1 the
+    groups are the two of earlier runs, in the same order, so their ``state.pt`` resumes.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        sequence = sequence_lr_scale != 1.0 and not name.startswith(
+            ("backbone.", "model.backbone.")
+        )
+        groups.setdefault((sequence, p.ndim <= 1), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": 0.0 if exempt else weight_decay,
+            "lr_scale": sequence_lr_scale if sequence else 1.0,
+        }
+        for (sequence, exempt), params in sorted(groups.items())
     ]
+
+
+class DeepSupervised(nn.Module):
+    """Training-time wrapper: the network plus a linear per-slice head on the backbone features.
+
+    Our addition, not the paper's (``optim.aux_weight``): the auxiliary head gives the
+    backbone the same direct per-slice gradient as the 2D baseline, while the main
+    logits still come from the full path (backbone -> LSTM -> head) that the node runs.
+    Only the wrapped network is saved in checkpoints; the auxiliary head is dropped.
+    """
+
+    def __init__(self, model: CNNLSTM) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_head = nn.Linear(model.feature_dim, model.config.num_classes)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, S, 3, H, W)`` -> main logits and auxiliary logits, both ``(B, S, C)``."""
+        b, s = x.shape[:2]
+        feats = self.model.backbone(x.flatten(0, 1)).view(b, s, -1)
+        return self.model.sequence_logits(feats, mask), self.aux_head(feats)
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -331,6 +372,10 @@ def _fit(
         (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
     dd.seed_everything(dd.rank_seed(cfg.run.seed, -1, 0))  # same initial weights on all ranks
     model = build_model(cfg).to(dev)
+    # what the optimiser trains: the network, plus the auxiliary head when deep-supervised
+    trained: nn.Module = model
+    if cfg.optim.aux_weight > 0:
+        trained = DeepSupervised(model).to(dev)
     dtype = amp_dtype(cfg.run.amp, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
@@ -350,7 +395,9 @@ def _fit(
     warmup = round(steps_per_epoch * cfg.optim.warmup_epochs)
 
     opt = torch.optim.AdamW(
-        param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas
+        param_groups(trained, cfg.optim.weight_decay, cfg.optim.sequence_lr_scale),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
     )
     sched = WarmupCosine(opt, cfg.optim.lr, warmup, total_steps)
     history: list[dict[str, float]] = []
@@ -362,6 +409,10 @@ def _fit(
             raise FitError(f"--resume: {state_path} or {last_path} is missing")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(load_checkpoint(last_path).model.state_dict())
+        if isinstance(trained, DeepSupervised):
+            if "aux_head" not in state:
+                raise FitError(f"--resume: {state_path} has no auxiliary head (optim.aux_weight)")
+            trained.aux_head.load_state_dict(state["aux_head"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if "scaler" in state and scaler.is_enabled():
@@ -371,9 +422,11 @@ def _fit(
         history = [dict(r) for r in state["history"]]
         log.info("fit.resumed", extra={"epoch": start_epoch, "step": sched.step_count})
 
-    ddp: nn.Module = model
+    ddp: nn.Module = trained
     if info.distributed:
-        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        ddp = DistributedDataParallel(
+            trained, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
     augment = SliceAugment(cfg.augment) if cfg.augment.enabled else None
     weights = torch.tensor(cfg.optim.loss_weights, dtype=torch.float32, device=dev)
     base_meta = {
@@ -401,7 +454,7 @@ def _fit(
             pin_memory=dev.type == "cuda",
             drop_last=len(sampler) >= bs,
         )
-        model.train()
+        trained.train()
         t_epoch = time.monotonic()
         sum_loss, n_micro, n_slices = 0.0, 0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}", disable=not show)
@@ -430,9 +483,16 @@ def _fit(
                 sync = not info.distributed or k == group - 1
                 ctx = ddp.no_sync() if not sync else nullcontext()  # type: ignore[operator]
                 with ctx, autocast(dev, dtype):
-                    logits = ddp(x, mask)
-                    loss = masked_weighted_bce(logits, labels, mask, weights)
-                scaler.scale(loss / group).backward()  # type: ignore[no-untyped-call]
+                    if isinstance(trained, DeepSupervised):
+                        logits, aux_logits = ddp(x, mask)
+                        loss = masked_weighted_bce(logits, labels, mask, weights)
+                        aux = masked_weighted_bce(aux_logits, labels, mask, weights)
+                        total = loss + cfg.optim.aux_weight * aux
+                    else:
+                        logits = ddp(x, mask)
+                        loss = total = masked_weighted_bce(logits, labels, mask, weights)
+                # train_loss reports the main path only, comparable across settings
+                scaler.scale(total / group).backward()  # type: ignore[no-untyped-call]
                 sum_loss += float(loss.detach())
                 n_micro += 1
                 n_slices += int(mask.sum())
@@ -441,7 +501,7 @@ def _fit(
                 break
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                nn.utils.clip_grad_norm_(trained.parameters(), cfg.optim.grad_clip)
             scaler.step(opt)
             scaler.update()
             sched.advance()
@@ -513,6 +573,8 @@ def _fit(
             }
             if scaler.is_enabled():
                 state_out["scaler"] = scaler.state_dict()
+            if isinstance(trained, DeepSupervised):
+                state_out["aux_head"] = trained.aux_head.state_dict()
             atomic_torch_save(state_out, state_path)
             write_history(out, history)
             log.info(

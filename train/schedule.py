@@ -27,7 +27,11 @@ def warmup_cosine(step: int | float, base_lr: float, warmup_steps: int, total_st
 
 @dataclass
 class WarmupCosine:
-    """Sets the learning rate of every parameter group before each optimiser step."""
+    """Sets the learning rate of every parameter group before each optimiser step.
+
+    A group may carry ``lr_scale`` (:func:`train.fit.param_groups`): its rate is the
+    schedule's times that factor, so every group keeps the same warm-up and cosine shape.
+    """
 
     optimizer: torch.optim.Optimizer
     base_lr: float
@@ -42,7 +46,7 @@ class WarmupCosine:
         """Set the rate for the next optimiser step (number ``step_count``) and return it."""
         lr = self.lr_at(self.step_count + 1)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * float(group.get("lr_scale", 1.0))
         return lr
 
     def advance(self) -> None:

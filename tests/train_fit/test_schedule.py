@@ -43,3 +43,26 @@ def test_scheduler_sets_lr_per_step_and_resumes() -> None:
     again.load_state_dict(sched.state_dict())
     assert again.apply() == pytest.approx(formula(41, 1e-3, 30, 300))
     assert opt.param_groups[0]["lr"] == pytest.approx(formula(41, 1e-3, 30, 300))
+
+
+def test_sequence_lr_scale_applies_to_lstm_and_head_only() -> None:
+    from models.network import CNNLSTM, NetworkConfig
+    from train.fit import param_groups
+
+    net = CNNLSTM(NetworkConfig(backbone="resnet18", lstm_hidden=8))
+    plain = param_groups(net, 0.01)
+    assert [g["lr_scale"] for g in plain] == [1.0, 1.0]
+    assert [g["weight_decay"] for g in plain] == [0.01, 0.0]  # the order of earlier runs
+    groups = param_groups(net, 0.01, sequence_lr_scale=0.3)
+    backbone = {id(p) for p in net.backbone.parameters()}
+    for g in groups:
+        inside = {id(p) in backbone for p in g["params"]}
+        assert len(inside) == 1
+        assert g["lr_scale"] == (1.0 if inside == {True} else 0.3)
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    sched = WarmupCosine(opt, 1e-3, 30, 300)
+    lr = sched.apply()
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(lr * g["lr_scale"])
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([0.3 * lr, lr])

@@ -1,0 +1,75 @@
+"""Deep supervision (``optim.aux_weight``): training only, checkpoints and resume unaffected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.network import CNNLSTM, NetworkConfig
+from train.config import load_config
+from train.fit import DeepSupervised, fit
+
+BASE = [
+    "model.backbone=resnet18",
+    "model.lstm_hidden=16",
+    "data.size=32",
+    "data.window=4",
+    "data.studies_per_batch=2",
+    "data.workers=0",
+    "optim.epochs=2",
+    "optim.warmup_epochs=1",
+    "optim.accumulation=2",
+    "optim.aux_weight=1.0",
+    "run.device=cpu",
+    "run.max_steps_per_epoch=2",
+]
+
+
+def test_main_logits_are_the_networks_own() -> None:
+    torch.manual_seed(0)
+    net = CNNLSTM(NetworkConfig(backbone="resnet18", lstm_hidden=8)).eval()
+    wrapped = DeepSupervised(net).eval()
+    x = torch.rand(2, 5, 3, 32, 32)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    main, aux = wrapped(x, mask)
+    torch.testing.assert_close(main, net(x, mask))
+    assert aux.shape == (2, 5, 6)
+    # the auxiliary head reads the backbone features, not the LSTM
+    feats = net.backbone(x.flatten(0, 1)).view(2, 5, -1)
+    torch.testing.assert_close(aux, wrapped.aux_head(feats))
+
+
+def test_fit_with_aux_head_saves_plain_checkpoint_and_resumes(
+    tmp_path: Path, phantom_store
+) -> None:
+    store = phantom_store(range(6), size=32, n_slices=(3, 8))
+    val = phantom_store(range(50, 52), size=32, n_slices=(3, 8))
+    full = fit(
+        load_config("phantom_demo", [*BASE, f"run.out={tmp_path / 'a'}"]),
+        store=store,
+        val_store=val,
+        progress=False,
+    )
+    loaded = load_checkpoint(full.last)
+    assert not any("aux" in k for k in loaded.model.state_dict())
+    plain = fit(
+        load_config("phantom_demo", [*BASE, "optim.aux_weight=0", f"run.out={tmp_path / 'p'}"]),
+        store=store,
+        val_store=val,
+        progress=False,
+    )
+    assert plain.param_digest != full.param_digest  # the auxiliary loss does train the backbone
+
+    cfg = load_config("phantom_demo", [*BASE, f"run.out={tmp_path / 'b'}"])
+    fit(
+        cfg.model_copy(update={"run": cfg.run.model_copy(update={"stop_after_epochs": 1})}),
+        store=store,
+        val_store=val,
+        progress=False,
+    )
+    state = torch.load(tmp_path / "b" / "state.pt", map_location="cpu", weights_only=True)
+    assert "aux_head" in state
+    resumed = fit(cfg, resume=True, store=store, val_store=val, progress=False)
+    assert resumed.param_digest == full.param_digest
