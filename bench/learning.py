@@ -4,11 +4,13 @@
 
 Both models use the same code, data, recipe and seed (``train/configs/phantom_demo.yaml``
 and ``phantom_2d.yaml``: ResNet-18 from random initialisation, 64 px, CPU); they differ
-only in ``model.lstm``. Training phantoms use seeds ``0..train-1``, the validation set
-(best epoch) seeds from 1,000,000, the held-out test set seeds from 2,000,000, so no
-test study was seen in any form. Reported: study-level AUC per finding (study score =
-max over slices) with bootstrap 95 % intervals on the test set. Target (issue 5): AUC(any)
->= 0.95 and the CNN-LSTM not worse than 2D on any finding.
+in ``model.lstm`` and in the CNN-LSTM's training-only aids ``optim.aux_weight`` and
+``optim.sequence_lr_scale`` (BENCHMARKS.md says why). Training phantoms use seeds
+``0..train-1``, the validation set (best epoch) seeds from 1,000,000, the held-out test
+set seeds from 2,000,000, so no test study was seen in any form. Reported: study-level
+AUC per finding (study score = max over slices) with bootstrap 95 % intervals on the
+test set. Target (issue 5): AUC(any) >= 0.95 and the CNN-LSTM not worse than 2D on any
+finding.
 """
 
 from __future__ import annotations
