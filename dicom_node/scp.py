@@ -14,11 +14,16 @@ it on every accepted socket (:class:`NodelayAssociationServer`) and on sockets w
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import select
 import socket
+import ssl
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -86,16 +91,17 @@ def set_nodelay_on_open(event: Event) -> None:
         log.warning("net.nodelay_failed", extra={"error": type(exc).__name__})
 
 
-#: How long pynetdicom's DUL thread sleeps when it found nothing to do (its default is
-#: 1 ms). Each image waits on it once or twice (reading the next PDU, sending the
-#: response); 0.2 ms costs a few percent of a core per open association while idle.
-DUL_IDLE_DELAY_S: Final = 0.0002
+#: The longest pynetdicom's DUL thread of one of our associations waits when idle: it
+#: waits in ``select()`` on its socket and a wake pipe, so incoming PDUs and outgoing
+#: primitives wake it at once; this only bounds how late it notices its timers (ARTIM,
+#: network timeout) and a stop request.
+DUL_IDLE_WAIT_S: Final = 0.02
 
 
 class _WakingQueue(queue.Queue[Any]):
-    """The DIMSE message queue of one association, waking its reactor on every put."""
+    """A pynetdicom queue that wakes the thread reading it on every put."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: threading.Event | _DulWaker) -> None:
         super().__init__()
         self._wake = wake
 
@@ -104,15 +110,59 @@ class _WakingQueue(queue.Queue[Any]):
         self._wake.set()
 
 
+class _DulWaker:
+    """Lets a DUL thread sleep until its socket is readable or a primitive is queued.
+
+    pynetdicom's DUL thread polls: check the socket, check the queue of primitives to
+    send, sleep ``_run_loop_delay``, again. A short delay costs CPU on every idle loop
+    of every association (four busy associations spent a tenth of a core on it); a
+    long one delays every PDU. Waiting in ``select()`` on the socket and on a pipe that
+    :meth:`set` writes to does neither. The pipe's descriptors are closed when the DUL
+    object is collected, after its thread has ended (never while it may select on them).
+    """
+
+    def __init__(self, sock: socket.socket, owner: object) -> None:
+        self.sock = sock
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        weakref.finalize(owner, _close_fds, self.r, self.w)
+
+    def set(self) -> None:
+        with contextlib.suppress(OSError):  # pipe full (a wake is pending) or closed
+            os.write(self.w, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self.sock.fileno(), self.r], [], [], timeout)
+        except (OSError, ValueError):  # socket closed meanwhile: plain sleep
+            time.sleep(min(timeout, 0.001))
+            return
+        if self.r in ready:
+            try:
+                while os.read(self.r, 4096):
+                    pass
+            except OSError:  # drained (EAGAIN)
+                pass
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class _ReactorClock:
     """Stands in for the ``time`` module inside ``pynetdicom.association`` and ``.dul``.
 
     pynetdicom's acceptor reactor polls its DIMSE queue with ``time.sleep(0.001)``
-    between checks: a received C-STORE waits half a millisecond on average, plus
-    scheduling slack, before its handler runs. For our acceptor threads (those carrying
-    a wake event), ``sleep(s)`` becomes "wait up to ``s``, return early when a DIMSE
-    message arrives": the same loop, the same checks, less latency. Every other thread
-    (SCU associations, other code) sleeps as before.
+    between checks, and its DUL thread polls its socket and its queue of primitives
+    the same way: a received C-STORE waits for the reactor's sleep before its handler
+    runs, and its response for the DUL's sleep before it is sent. For our acceptor
+    threads, ``sleep(s)`` becomes "wait up to ``s``, return early when there is work":
+    an event for the reactor (a DIMSE message queued), ``select()`` for the DUL thread
+    (see :class:`_DulWaker`). Same loops, same checks, less latency and less CPU. Every
+    other thread (SCU associations, other code) sleeps as before.
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -121,11 +171,13 @@ class _ReactorClock:
     @staticmethod
     def sleep(seconds: float) -> None:
         wake = getattr(threading.current_thread(), "_ich_wake", None)
-        if not isinstance(wake, threading.Event):
+        if isinstance(wake, threading.Event):
+            wake.wait(seconds)
+            wake.clear()
+        elif isinstance(wake, _DulWaker):
+            wake.wait(seconds)
+        else:
             time.sleep(seconds)
-            return
-        wake.wait(seconds)
-        wake.clear()
 
 
 _CLOCK_LOCK = threading.Lock()
@@ -148,13 +200,13 @@ def tune_acceptor(event: Event) -> None:
     wake = threading.Event()
     assoc._ich_wake = wake  # type: ignore[attr-defined]
     assoc.dimse.msg_queue = _WakingQueue(wake)
-    # The DUL thread likewise: its idle sleep ends as soon as the association hands it
-    # a primitive to send (our C-STORE response), instead of after the sleep.
     dul = assoc.dul
-    dul._run_loop_delay = DUL_IDLE_DELAY_S
-    dul_wake = threading.Event()
-    dul._ich_wake = dul_wake  # type: ignore[attr-defined]
-    dul.to_provider_queue = _WakingQueue(dul_wake)
+    raw = dul.socket.socket if dul.socket is not None else None
+    if isinstance(raw, socket.socket) and not isinstance(raw, ssl.SSLSocket):
+        waker = _DulWaker(raw, dul)
+        dul._ich_wake = waker  # type: ignore[attr-defined]
+        dul._run_loop_delay = DUL_IDLE_WAIT_S
+        dul.to_provider_queue = _WakingQueue(waker)
 
 
 class NodelayAssociationServer(ThreadedAssociationServer):
