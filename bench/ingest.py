@@ -17,7 +17,8 @@ What each receiver promises before answering Success:
 Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
 Usage::
 
-    .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--markdown]
+    .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--only node ...]
+        [--ab-repo ../old-checkout] [--ab-journal-off]
 """
 
 from __future__ import annotations
@@ -121,11 +122,17 @@ class Receiver:
 class OurNode(Receiver):
     name, aec = "dicom-node (durable)", "ICHNODE"
 
-    def __init__(self, worker: bool = False) -> None:
+    def __init__(
+        self, worker: bool = False, *, repo: Path = REPO, storage: str = "", name: str = ""
+    ) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kb: list[int] = []
         self.work = Path()
         self.worker = worker
+        self.repo = repo  # another checkout (git worktree) for an A/B against older code
+        self.storage = storage  # extra `storage:` keys, e.g. "journal_segment_mb: 0"
+        if name:
+            self.name = name
 
     def start(self, work: Path) -> int:
         self.work = work
@@ -134,13 +141,13 @@ class OurNode(Receiver):
         cfg.write_text(
             f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
-            " min_free_disk_mb: 100}\n"
+            f" min_free_disk_mb: 100{', ' + self.storage if self.storage else ''}}}\n"
             "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
             f"inference: {{enabled: {'true' if self.worker else 'false'}}}\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
+            cwd=self.repo, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
         )  # fmt: skip
         wait_port(port)
         return port
@@ -314,6 +321,14 @@ def main() -> None:
     ap.add_argument(
         "--with-worker", action="store_true", help="node with its inference worker started"
     )
+    ap.add_argument(
+        "--ab-repo", type=Path, action="append", default=[],
+        help="also run a node from this checkout (e.g. a git worktree of an older commit)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--ab-journal-off", action="store_true",
+        help="also run the node with storage.journal_segment_mb: 0",
+    )  # fmt: skip
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
@@ -325,8 +340,14 @@ def main() -> None:
             "pynetdicom": BarePynetdicom,
         }  # fmt: skip
         receivers = [r for r in receivers if any(isinstance(r, keep[o]) for o in args.only)]
-    rates = run(receivers, files, args.repeat)
-    if len(receivers) == 4:
+    extra: list[Receiver] = [OurNode(repo=r.resolve(), name=f"node from {r}") for r in args.ab_repo]
+    if args.ab_journal_off:
+        extra.append(OurNode(storage="journal_segment_mb: 0", name="node, journal off"))
+    rates = run(receivers + extra, files, args.repeat)
+    if extra:
+        for key, r in sorted(rates.items(), key=lambda kv: kv[0].split("|")[1]):
+            print(f"{key}: median {statistics.median(r):.0f} images/s {[round(x) for x in r]}")
+    elif len(receivers) == 4:
         print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
     else:
         for key, r in rates.items():
