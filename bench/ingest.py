@@ -9,6 +9,8 @@ of them alike; the median of ``--repeat`` runs is reported, with min and max.
 What each receiver promises before answering Success:
 
 - our node: file fsynced and renamed (folder fsynced), index row committed (durable);
+  with ``--ab-journal`` also a second node whose write-ahead journal is on (record
+  flushed, file written, index row committed);
 - Orthanc 1.10 (defaults): file written with its storage area's sync, SQLite index;
 - dcmtk storescp: file written, no fsync (a floor, not a peer in durability);
 - bare pynetdicom (``bench/bare_pynetdicom_scp.py``): the bytes written to a file, no
@@ -18,7 +20,7 @@ Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
 Usage::
 
     .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--only node ...]
-        [--ab-repo ../old-checkout] [--ab-journal-off]
+        [--ab-repo ../old-checkout] [--ab-journal]
 """
 
 from __future__ import annotations
@@ -326,8 +328,8 @@ def main() -> None:
         help="also run a node from this checkout (e.g. a git worktree of an older commit)",
     )  # fmt: skip
     ap.add_argument(
-        "--ab-journal-off", action="store_true",
-        help="also run the node with storage.journal_segment_mb: 0",
+        "--ab-journal", action="store_true",
+        help="also run the node with its write-ahead journal (storage.journal_segment_mb: 64)",
     )  # fmt: skip
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
@@ -341,8 +343,8 @@ def main() -> None:
         }  # fmt: skip
         receivers = [r for r in receivers if any(isinstance(r, keep[o]) for o in args.only)]
     extra: list[Receiver] = [OurNode(repo=r.resolve(), name=f"node from {r}") for r in args.ab_repo]
-    if args.ab_journal_off:
-        extra.append(OurNode(storage="journal_segment_mb: 0", name="node, journal off"))
+    if args.ab_journal:
+        extra.append(OurNode(storage="journal_segment_mb: 64", name="node, journal on"))
     rates = run(receivers + extra, files, args.repeat)
     if extra:
         for key, r in sorted(rates.items(), key=lambda kv: kv[0].split("|")[1]):

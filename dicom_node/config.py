@@ -63,8 +63,10 @@ class StorageSection(_Section):
     min_free_disk_mb: int = Field(1024, ge=0)
     max_spool_gb: float = Field(100, gt=0)
     retention_days: float = Field(7, gt=0)
-    #: Write-ahead journal segment size; 0 turns the journal off (two flushes per image).
-    journal_segment_mb: int = Field(64, ge=0)
+    #: Write-ahead journal segment size (e.g. 64); 0 = no journal: each file and its folder
+    #: are fsynced before Success. The journal pays off where a flush is slow (shared or
+    #: cloud volumes); on a quiet local disk it costs ~10 % (BENCHMARKS.md, Ingest).
+    journal_segment_mb: int = Field(0, ge=0)
     #: Idle seconds before the journal's files are flushed and its segment recycled.
     journal_checkpoint_s: float = Field(2.0, gt=0)
 

@@ -282,7 +282,7 @@ class Spool:
 
     def __init__(
         self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100,
-        journal_segment_mb: float | None = 64, journal_checkpoint_s: float = 2.0,
+        journal_segment_mb: float | None = None, journal_checkpoint_s: float = 2.0,
     ) -> None:  # fmt: skip
         self.root = root
         self.index = index

@@ -128,7 +128,6 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
             "index_db": "index.sqlite",
             "jobs_db": "jobs.sqlite",
             "min_free_disk_mb": 1,
-            "journal_segment_mb": 4,  # phantoms are small; 64 MiB segments cost disk time
         },
         "study": {"quiet_seconds": 1},
         # Receive-only: these tests are about ingest; studies stay ``complete``.

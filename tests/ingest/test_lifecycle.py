@@ -82,7 +82,7 @@ def test_killed_node_replays_acknowledged_instances_from_its_journal(
 ) -> None:
     """SIGKILL right after the sender got its Successes, then the spool files and the
     index lost as a power cut would lose unflushed pages: the journal brings all back."""
-    cfg = write_config(tmp_path, storage={"journal_checkpoint_s": 3600})
+    cfg = write_config(tmp_path, storage={"journal_segment_mb": 4, "journal_checkpoint_s": 3600})
     log = tmp_path / "serve.log"
     node = ServeProcess(cfg, log)
     assert storescu(node.port, phantom.main.files).returncode == 0
