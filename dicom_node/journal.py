@@ -65,7 +65,8 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a folder: a new or renamed entry in it is durable only then."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -103,37 +104,38 @@ def sync_filesystem(path: Path) -> bool:
     return True
 
 
-def write_durably(target: Path, parts: Sequence[bytes]) -> None:
-    """Write ``parts`` to ``target`` via a temporary file: fsync, rename, fsync folder."""
-    tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-    try:
-        _write_all(fd, parts)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    tmp.replace(target)
-    _fsync_dir(target.parent)
+def write_file(target: Path, parts: Sequence[bytes], *, durable: bool = False) -> None:
+    """Write ``parts`` to ``target`` via a temporary file and a rename.
 
-
-def write_file(target: Path, parts: Sequence[bytes]) -> None:
-    """Write ``parts`` to ``target`` via a temporary file and a rename, without a flush.
-
-    A reader never sees a partial file; durability comes from the journal record.
+    A reader never sees a partial file. ``durable``: fsync the file before the rename
+    and the folder after it; otherwise durability comes from the journal record.
     """
     tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         _write_all(fd, parts)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
     tmp.replace(target)
+    if durable:
+        fsync_dir(target.parent)
+
+
+def make_folders(root: Path, folder: Path, *, durable: bool = True) -> None:
+    """Create ``<study>/<series>`` under ``root``; ``durable``: fsync each new entry's
+    parent (not needed under the journal: recovery recreates folders)."""
+    if folder.is_dir():  # the usual case: one stat per store
+        return
+    for d in (folder.parent, folder):
+        if not d.is_dir():
+            d.mkdir(exist_ok=True)
+            if durable:
+                fsync_dir(d.parent)
 
 
 def _write_all(fd: int, parts: Sequence[bytes]) -> None:
@@ -251,7 +253,7 @@ class Journal:
             finally:
                 os.close(fd)
             tmp.replace(path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         fd = os.open(path, os.O_RDWR)
         return _Segment(seq=seq, path=path, fd=fd, size=os.fstat(fd).st_size)
 
@@ -277,9 +279,13 @@ class Journal:
             free = self.folder / f"free-{seg.seq:012d}.wal"
             seg.path.replace(free)
             self._free.append(free)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     # -- append and group commit -------------------------------------------------------
+
+    def fits(self, relpath: str, size: int) -> bool:
+        """Whether a record of ``size`` bytes for ``relpath`` goes through the journal."""
+        return _aligned(_HEAD_SIZE + len(relpath.encode()) + size) <= self.max_record
 
     def append(self, relpath: str, parts: Sequence[bytes]) -> Ticket:
         """Append one record (``parts`` concatenated = the spool file's bytes).
@@ -290,13 +296,13 @@ class Journal:
         if len(path_b) > _MAX_PATH:
             raise ValueError("journal path too long")
         n = sum(len(p) for p in parts)
+        if not self.fits(relpath, n):
+            raise ValueError("record larger than the journal accepts")
         crc = 0
         for p in parts:
             crc = zlib.crc32(p, crc)
         length = _HEAD_SIZE + len(path_b) + n
         total = _aligned(length)
-        if total > self.max_record:
-            raise ValueError("record larger than the journal accepts")
         with self._cond:
             if self._failed is not None:
                 raise OSError("journal unusable after a failed flush") from self._failed
@@ -446,7 +452,7 @@ class Journal:
                 folders.update((f.parent, f.parent.parent, self.spool_root))
             for d in folders:
                 if d.is_dir():
-                    _fsync_dir(d)
+                    fsync_dir(d)
         with self._ckpt:
             while seg.flushing:  # a flush in progress holds this segment's fd
                 self._ckpt.wait()
@@ -497,14 +503,6 @@ def _safe_target(root: Path, relpath: str) -> Path | None:
     except InvalidUID:
         return None
     return root.joinpath(*parts)
-
-
-def _make_folders(root: Path, folder: Path) -> None:
-    """Create ``<study>/<series>`` under ``root``, fsyncing each new entry's parent."""
-    for d in (folder.parent, folder):
-        if not d.is_dir():
-            d.mkdir(exist_ok=True)
-            _fsync_dir(d.parent)
 
 
 def _fsync_file(path: Path) -> None:
@@ -571,8 +569,8 @@ def recover(folder: Path, spool_root: Path) -> Recovery:
                 if _file_matches(target, n, crc):
                     present.append(target)  # maybe only in the page cache: flushed below
                     continue
-                _make_folders(spool_root, target.parent)
-                write_durably(target, (os.pread(fd, n, off),))
+                make_folders(spool_root, target.parent)
+                write_file(target, (os.pread(fd, n, off),), durable=True)
                 rewritten += 1
         finally:
             os.close(fd)
@@ -581,10 +579,10 @@ def recover(folder: Path, spool_root: Path) -> Recovery:
             for target in present:
                 _fsync_file(target)
                 for d in (target.parent, target.parent.parent, spool_root):
-                    _fsync_dir(d)
+                    fsync_dir(d)
         for path in segments:
             path.replace(path.with_name("free-" + path.name.split("-", 1)[1]))
-        _fsync_dir(folder)
+        fsync_dir(folder)
         log.info(
             "journal.recovered",
             extra={"segments": len(segments), "records": records, "rewritten": rewritten,

@@ -46,7 +46,7 @@ from pydicom.uid import (
 
 from dicom_node.errors import NodeError
 from dicom_node.index import Index, InstanceRow, Recorded
-from dicom_node.journal import Journal, recover, write_durably, write_file
+from dicom_node.journal import Journal, make_folders, recover, write_file
 from dicom_node.uids import InvalidUID, check_uid
 
 log = logging.getLogger(__name__)
@@ -237,14 +237,6 @@ def read_file_ref(path: Path) -> InstanceRef:
         raise BadInstance(f"unreadable spool file ({type(exc).__name__})") from exc
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class RateLimitedLog:
     """Log an event at most once per ``interval`` seconds (disk guard: not once per image)."""
 
@@ -332,20 +324,6 @@ class Spool:
             )  # fmt: skip
             raise SpoolFull("spool above storage.max_spool_gb")
 
-    def _mkdirs(self, folder: Path, durable: bool) -> None:
-        """Create ``folder`` (two levels under root); ``durable``: fsync each new entry's
-        parent (not needed under the journal: recovery recreates folders)."""
-        if folder.is_dir():
-            return
-        study = folder.parent
-        if not study.is_dir():
-            study.mkdir(exist_ok=True)
-            if durable:
-                _fsync_dir(self.root)
-        folder.mkdir(exist_ok=True)
-        if durable:
-            _fsync_dir(study)
-
     def put(
         self, ref: InstanceRef, data: bytes, received: float | None = None, header: bytes = b""
     ) -> Stored:
@@ -366,11 +344,11 @@ class Spool:
             return Stored(ref, rec, final, received)
         self.check_space(size)
         journal = self.journal
-        if journal is None or size + 4096 > journal.max_record:
-            self._mkdirs(final.parent, durable=True)
-            write_durably(final, (header, data))
+        if journal is None or not journal.fits(ref.relpath(), size):
+            make_folders(self.root, final.parent)
+            write_file(final, (header, data), durable=True)
         else:
-            self._mkdirs(final.parent, durable=False)
+            make_folders(self.root, final.parent, durable=False)
             # The file only after its record is durable: then any file a crash can leave
             # half-written has an intact record, and replay rewrites it before reconcile
             # could index it (a broken file indexed would make the sender's retry look
