@@ -38,6 +38,15 @@ def _study(index_db: Path, uid: str) -> StudyRow | None:
         index.close()
 
 
+def _wait_complete(index_db: Path, uid: str, what: str) -> StudyRow:
+    """The study's row once a (subprocess) node has marked it ``complete``."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (s := _study(index_db, uid)) is not None and s.state == "complete" and s,
+        timeout=30,
+        what=f"completion {what}",
+    )
+
+
 def test_restart_between_last_instance_and_deadline_still_completes(
     phantom: WrittenStudy, tmp_path: Path
 ) -> None:
@@ -58,15 +67,7 @@ def test_restart_between_last_instance_and_deadline_still_completes(
 
     node = ServeProcess(cfg, log)
     try:
-        done = wait_for(
-            lambda: (
-                (s := _study(tmp_path / "index.sqlite", phantom.study_uid)) is not None
-                and s.state == "complete"
-                and s
-            ),
-            timeout=30,
-            what="completion after restart",
-        )
+        done = _wait_complete(tmp_path / "index.sqlite", phantom.study_uid, "after restart")
     finally:
         assert node.stop() == 0
     assert done.instances == len(phantom.main.files)
@@ -95,15 +96,7 @@ def test_killed_node_replays_acknowledged_instances_from_its_journal(
 
     node = ServeProcess(cfg, log)
     try:
-        done = wait_for(
-            lambda: (
-                (s := _study(tmp_path / "index.sqlite", phantom.study_uid)) is not None
-                and s.state == "complete"
-                and s
-            ),
-            timeout=30,
-            what="completion after replay",
-        )
+        done = _wait_complete(tmp_path / "index.sqlite", phantom.study_uid, "after replay")
     finally:
         assert node.stop() == 0
     assert done.instances == len(phantom.main.files)
