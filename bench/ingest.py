@@ -167,23 +167,24 @@ class OurNode(Receiver):
         return sum(1 for _ in (self.work / "spool").rglob("*.dcm"))
 
 
-class StoreSCP(Receiver):
-    name, aec = "dcmtk storescp", "STORESCP"
+class FolderReceiver(Receiver):
+    """A receiver process that writes each instance as a file into ``<work>/out``."""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.work = Path()
+
+    def command(self, port: int, out: Path) -> list[str]:
+        raise NotImplementedError
 
     def start(self, work: Path) -> int:
         self.work = work
         (work / "out").mkdir()
         port = free_port()
         self.proc = subprocess.Popen(
-            [STORESCP, "-aet", "STORESCP", "-od", str(work / "out"), str(port)],
-            env=ENV,
-            stdout=subprocess.DEVNULL,
+            self.command(port, work / "out"), env=ENV, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         wait_port(port)
         return port
 
@@ -194,6 +195,13 @@ class StoreSCP(Receiver):
 
     def count(self) -> int:
         return sum(1 for _ in (self.work / "out").iterdir())
+
+
+class StoreSCP(FolderReceiver):
+    name, aec = "dcmtk storescp", "STORESCP"
+
+    def command(self, port: int, out: Path) -> list[str]:
+        return [STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)]
 
 
 class OrthancPeer(Receiver):
@@ -229,31 +237,11 @@ class OrthancPeer(Receiver):
             return int(json.load(r)["CountInstances"])
 
 
-class BarePynetdicom(Receiver):
+class BarePynetdicom(FolderReceiver):
     name, aec = "bare pynetdicom", "BARE"
 
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.work = Path()
-
-    def start(self, work: Path) -> int:
-        self.work = work
-        port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "bare_pynetdicom_scp.py"), str(port),
-             str(work / "out")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_port(port)
-        return port
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-    def count(self) -> int:
-        return sum(1 for _ in (self.work / "out").iterdir())
+    def command(self, port: int, out: Path) -> list[str]:
+        return [sys.executable, str(REPO / "bench" / "bare_pynetdicom_scp.py"), str(port), str(out)]
 
 
 def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, list[float]]:
