@@ -130,6 +130,18 @@ def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) > _LAST_TAG_NEEDED
 
 
+def _matching_command(
+    ref: InstanceRef, command_sop_class: str | None, command_sop_instance: str | None
+) -> InstanceRef:
+    """``ref`` if the C-STORE command's Affected SOP Class/Instance UID match it
+    (PS3.4 B.2.3: else 0xA900 / 0xC000)."""
+    if command_sop_class is not None and command_sop_class != ref.sop_class_uid:
+        raise BadInstance("SOP Class UID differs from the C-STORE request", DATASET_MISMATCH)
+    if command_sop_instance is not None and command_sop_instance != ref.sop_uid:
+        raise BadInstance("SOP Instance UID differs from the C-STORE request")
+    return ref
+
+
 def parse_instance(
     data: bytes,
     *,
@@ -150,11 +162,7 @@ def parse_instance(
             AttributeError, NotImplementedError) as exc:  # fmt: skip
         # The message is not kept: pydicom may quote element values in it.
         raise BadInstance(f"undecodable dataset ({type(exc).__name__})") from exc
-    if command_sop_class is not None and command_sop_class != ref.sop_class_uid:
-        raise BadInstance("SOP Class UID differs from the C-STORE request", DATASET_MISMATCH)
-    if command_sop_instance is not None and command_sop_instance != ref.sop_uid:
-        raise BadInstance("SOP Instance UID differs from the C-STORE request")
-    return ref
+    return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
 def parse_dataset(
@@ -186,11 +194,7 @@ def parse_dataset(
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
             AttributeError, NotImplementedError, zlib.error, struct.error) as exc:  # fmt: skip
         raise BadInstance(f"undecodable dataset ({type(exc).__name__})") from exc
-    if command_sop_class is not None and command_sop_class != ref.sop_class_uid:
-        raise BadInstance("SOP Class UID differs from the C-STORE request", DATASET_MISMATCH)
-    if command_sop_instance is not None and command_sop_instance != ref.sop_uid:
-        raise BadInstance("SOP Instance UID differs from the C-STORE request")
-    return ref
+    return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
 def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
