@@ -27,6 +27,7 @@ from ingest.helpers import (
     Node,
     Orthanc,
     run_tool,
+    running_nodes,
     wait_for,
     write_config,
 )
@@ -45,8 +46,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicom_node.config import load_settings
-from dicom_node.service import Service
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
 
 # -- phantoms ------------------------------------------------------------------------------
@@ -114,20 +113,8 @@ def ts_variants(
 @pytest.fixture
 def start_node(tmp_path: Path, log_capture: io.StringIO) -> Iterator[Callable[..., Node]]:
     """Factory: start a node in this process with config overrides; stopped at teardown."""
-    running: list[Service] = []
-
-    def start(root: Path | None = None, **sections: dict[str, Any]) -> Node:
-        base = root or tmp_path / f"node{len(running)}"
-        base.mkdir(parents=True, exist_ok=True)
-        cfg = write_config(base, **sections)
-        service = Service(load_settings(cfg), cfg)
-        running.append(service)
-        service.start()
-        return Node(service, cfg, base, log_capture)
-
-    yield start
-    for service in running:
-        service.stop(grace_s=5)
+    with running_nodes(tmp_path, log_capture, write_config) as start:
+        yield start
 
 
 # -- Orthanc -------------------------------------------------------------------------------

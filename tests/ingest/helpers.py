@@ -15,7 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 from pydicom import dcmread
 
+from dicom_node.config import load_settings
 from dicom_node.service import Service
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
 
@@ -117,6 +119,30 @@ class Node:
 
     def spool_files(self) -> list[Path]:
         return sorted(p for p in (self.root / "spool").rglob("*.dcm"))
+
+
+@contextmanager
+def running_nodes(
+    tmp_path: Path, log_capture: io.StringIO, make_config: Callable[..., Path]
+) -> Iterator[Callable[..., Node]]:
+    """A ``start(*args, root=None, **sections)`` factory of in-process nodes, each with
+    ``make_config(root, *args, **sections)``; all stopped on exit (fixtures' teardown)."""
+    running: list[Service] = []
+
+    def start(*args: Any, root: Path | None = None, **sections: dict[str, Any]) -> Node:
+        base = root or tmp_path / f"node{len(running)}"
+        base.mkdir(parents=True, exist_ok=True)
+        cfg = make_config(base, *args, **sections)
+        service = Service(load_settings(cfg), cfg)
+        running.append(service)
+        service.start()
+        return Node(service, cfg, base, log_capture)
+
+    try:
+        yield start
+    finally:
+        for service in running:
+            service.stop(grace_s=5)
 
 
 def write_config(root: Path, **sections: dict[str, Any]) -> Path:

@@ -111,7 +111,7 @@ def test_reindex_rebuilds_a_deleted_index(
     phantom: WrittenStudy, tmp_path: Path, start_node: Callable[..., Node]
 ) -> None:
     root = tmp_path / "site"
-    node = start_node(root)
+    node = start_node(root=root)
     assert storescu(node.port, phantom.main.files).returncode == 0
     node.wait_state(phantom.study_uid, "complete")
     node.service.stop()
@@ -135,7 +135,7 @@ def test_reindex_rebuilds_a_deleted_index(
     assert row["reason"] is None
     assert {"first_received", "last_received"} <= set(row)
     # The next start gives it a deadline and completes it.
-    again = start_node(root)
+    again = start_node(root=root)
     again.wait_state(phantom.study_uid, "complete")
 
 

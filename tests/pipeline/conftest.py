@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest.helpers import ORTHANC, PEER_ENV, Node, Orthanc, wait_for
+from ingest.helpers import ORTHANC, PEER_ENV, Node, Orthanc, running_nodes, wait_for
 from peers import free_port
 from pipeline.support import RecordingPacs, make_checkpoint, pipeline_config, start_pacs
-
-from dicom_node.config import load_settings
-from dicom_node.service import Service
 
 
 @pytest.fixture(scope="session")
@@ -37,22 +34,12 @@ def start_node(
 ) -> Iterator[Callable[..., Node]]:
     """Factory: ``start_node(destinations, root=None, **sections)`` runs a node with
     inference on in this process; every node is stopped at teardown."""
-    running: list[Service] = []
 
-    def start(
-        destinations: list[dict[str, Any]], root: Path | None = None, **sections: dict[str, Any]
-    ) -> Node:
-        base = root or tmp_path / f"node{len(running)}"
-        base.mkdir(parents=True, exist_ok=True)
-        cfg = pipeline_config(base, checkpoint, destinations, **sections)
-        service = Service(load_settings(cfg), cfg)
-        running.append(service)
-        service.start()
-        return Node(service, cfg, base, log_capture)
+    def make_config(base: Path, destinations: list[dict[str, Any]], **sections: Any) -> Path:
+        return pipeline_config(base, checkpoint, destinations, **sections)
 
-    yield start
-    for service in running:
-        service.stop(grace_s=5)
+    with running_nodes(tmp_path, log_capture, make_config) as start:
+        yield start
 
 
 @pytest.fixture
