@@ -5,26 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from train_fit.tiny import TINY_FIT
 
 from models.checkpoint import load_checkpoint
 from models.network import CNNLSTM, NetworkConfig
 from train.config import load_config
 from train.fit import DeepSupervised, fit
 
-BASE = [
-    "model.backbone=resnet18",
-    "model.lstm_hidden=16",
-    "data.size=32",
-    "data.window=4",
-    "data.studies_per_batch=2",
-    "data.workers=0",
-    "optim.epochs=2",
-    "optim.warmup_epochs=1",
-    "optim.accumulation=2",
-    "optim.aux_weight=1.0",
-    "run.device=cpu",
-    "run.max_steps_per_epoch=2",
-]
+BASE = [*TINY_FIT, "optim.aux_weight=1.0"]
 
 
 def test_main_logits_are_the_networks_own() -> None:

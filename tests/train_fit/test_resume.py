@@ -5,24 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from train_fit.tiny import TINY_FIT
 
 from train.config import load_config
 from train.fit import fit
 
-BASE = [
-    "model.backbone=resnet18",
-    "model.lstm_hidden=16",
-    "data.size=32",
-    "data.window=4",
-    "data.studies_per_batch=2",
-    "data.workers=0",
-    "optim.epochs=2",
-    "optim.warmup_epochs=1",
-    "optim.accumulation=2",
-    "run.device=cpu",
-    "run.max_steps_per_epoch=2",
-    "augment.cutmix_p=1.0",
-]
+BASE = [*TINY_FIT, "augment.cutmix_p=1.0"]
 
 
 def test_resume_matches_uninterrupted_run(tmp_path: Path, phantom_store) -> None:
