@@ -85,6 +85,12 @@ class InferenceSection(_Section):
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     slice_chunk: int = Field(32, ge=1, description="slices per backbone forward pass")
     amp: bool = True
+    stop_timeout_s: float = Field(
+        60.0,
+        ge=0,
+        description="shutdown waits this long for the study in inference; past it the study "
+        "stays 'processing' and is requeued at the next start",
+    )
 
 
 class Destination(_Section):

@@ -255,7 +255,7 @@ class Service:
         if self.spool is not None:
             self.spool.close()  # checkpoint the journal: nothing left to replay at the next start
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop(self.settings.inference.stop_timeout_s)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         unregister_runtime(self.key)

@@ -88,6 +88,9 @@ class InferenceWorker:
         self.unavailable = unavailable if predictor is None else None
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # set when stop() gave up waiting: the study in hand is left to the next start
+        self._abandoned = threading.Event()
+        self._current: StudyRow | None = None
         self._slot = threading.Semaphore(1)
         self._handoff: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
@@ -128,12 +131,29 @@ class InferenceWorker:
             self._threads.append(t)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Finish the study in hand, then stop (queued studies stay queued)."""
+        """Finish the study in hand, then stop (queued studies stay queued).
+
+        Past ``timeout`` (a long CPU inference) the study is abandoned, not failed: it
+        stays ``processing`` and :meth:`start` requeues it at the next start. The infer
+        thread then finishes on its own without touching the index (which the service
+        closes next) and without a traceback.
+        """
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            self._abandoned.set()
+            current = self._current
+            log.warning(
+                "worker.stop_timeout",
+                extra={
+                    "waited_s": timeout,
+                    "study": study_key(current.study_uid, self.hash_key) if current else None,
+                    "next": "requeued at the next start",
+                },
+            )
 
     def idle(self) -> bool:
         """True when nothing is queued or in processing (tests and the demo wait on it)."""
@@ -175,11 +195,15 @@ class InferenceWorker:
     def _prepare_guarded(self, study: StudyRow) -> Prepared | None:
         try:
             return self._prepare(study)
-        except ModelsError as exc:
-            self._finish(study, "failed", f"cannot read study: {exc}")
         except Exception as exc:
-            self._finish(study, "failed", f"internal error while reading ({type(exc).__name__})")
-            log.exception("worker.prepare_crashed")
+            if self._abandoned.is_set():  # see stop(): the study is left to the next start
+                log.info("worker.abandoned", extra={"stage": "prepare"})
+            elif isinstance(exc, ModelsError):
+                self._finish(study, "failed", f"cannot read study: {exc}")
+            else:
+                reason = f"internal error while reading ({type(exc).__name__})"
+                self._finish(study, "failed", reason)
+                log.exception("worker.prepare_crashed")
         return None
 
     def _prepare(self, study: StudyRow) -> Prepared | None:
@@ -219,15 +243,25 @@ class InferenceWorker:
                     generation=prepared.study.generation,
                 )
                 continue
+            self._current = prepared.study
             try:
                 self._infer(prepared)
-            except (ModelsError, NodeError) as exc:
-                self._finish(prepared.study, "failed", f"inference failed: {exc}")
             except Exception as exc:
-                self._finish(
-                    prepared.study, "failed", f"internal error in inference ({type(exc).__name__})"
-                )
-                log.exception("worker.infer_crashed")
+                if self._abandoned.is_set():
+                    # stop() gave up on this study and the index may be closed: leave it
+                    error = type(exc).__name__
+                    log.info("worker.abandoned", extra={"stage": "infer", "error": error})
+                    return
+                if isinstance(exc, (ModelsError, NodeError)):
+                    self._finish(prepared.study, "failed", f"inference failed: {exc}")
+                else:
+                    reason = f"internal error in inference ({type(exc).__name__})"
+                    self._finish(prepared.study, "failed", reason)
+                    log.exception("worker.infer_crashed")
+            finally:
+                self._current = None
+            if self._abandoned.is_set():
+                return
 
     def _warm_up(self) -> None:
         """Pay the report builders' one-time costs now, not in the first study's latency

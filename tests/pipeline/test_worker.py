@@ -7,12 +7,15 @@ to the objects the PACS acknowledged.
 
 from __future__ import annotations
 
+import io
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
 import pydicom
+import torch
 from ingest.helpers import Node, storescu, wait_for
 from pipeline.support import (
     EXPECTED_PRESENT,
@@ -20,6 +23,7 @@ from pipeline.support import (
     assert_no_phi,
     destination,
     phantom,
+    study_state,
 )
 from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage, SecondaryCaptureImageStorage
 
@@ -169,3 +173,44 @@ def test_corrupt_slice_fails_its_study_and_the_node_keeps_serving(
     assert len(pacs.received) == 2
     assert node.study(broken.study_uid).state == "failed"
     assert_no_phi(node.log.getvalue(), broken, good)
+
+
+def test_stop_past_its_timeout_leaves_the_study_to_the_next_start(
+    tmp_path: Path, start_node: Callable[..., Node], log_capture: io.StringIO
+) -> None:
+    """A study still in inference when shutdown's wait runs out is neither failed nor lost:
+    it stays ``processing``, the late thread ends quietly, the next start requeues it."""
+    root = tmp_path / "held"
+    node = start_node([], root=root, inference={"stop_timeout_s": 0.2})
+    worker = node.service.worker
+    assert worker is not None
+    assert worker.predictor is not None
+    entered, release = threading.Event(), threading.Event()
+    real_predict = worker.predictor.predict
+
+    def long_inference(x: torch.Tensor) -> torch.Tensor:  # stands in for a slow CPU
+        entered.set()
+        release.wait(60)
+        return real_predict(x)
+
+    worker.predictor.predict = long_inference  # type: ignore[method-assign]
+    study = phantom(tmp_path / "s", seed=5, n_slices=12)
+    assert storescu(node.port, study.main.files).returncode == 0
+    assert entered.wait(60), "inference never started"
+    node.service.stop(grace_s=0)  # closes the index while the inference still runs
+    release.set()
+    for t in worker._threads:
+        t.join(60)
+        assert not t.is_alive()
+    text = log_capture.getvalue()
+    assert "worker.stop_timeout" in text
+    assert "worker.abandoned" in text
+    assert "Traceback" not in text
+    state = study_state(root / "index.sqlite", study.study_uid)
+    assert state is not None
+    assert state["state"] == "processing"
+
+    again = start_node([], root=root)
+    done = wait_study(again, study.study_uid, lambda s: s.state == "done", "done after restart")
+    assert done.generation == 1
+    assert done.findings is not None
