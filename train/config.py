@@ -35,6 +35,10 @@ class ModelSection(_Section):
     lstm_hidden: int = 512
     lstm_layers: int = 2
     dropout: float = 0.0
+    #: Our addition, not the paper's: slice logits = a linear head on the backbone
+    #: features + the LSTM path's head (zero at the start), so context corrects the
+    #: per-slice evidence instead of replacing it. ``false`` = the paper's network.
+    residual: bool = False
     #: ImageNet weights through torchvision/timm (needs the internet once).
     pretrained: bool = False
     #: A local backbone state dict instead of a download (takes precedence).
@@ -78,8 +82,9 @@ class OptimSection(_Section):
     #: published recipe (one rate for everything).
     sequence_lr_scale: float = Field(default=1.0, gt=0.0)
     #: Weight of an auxiliary loss from a linear per-slice head on the backbone features
-    #: (deep supervision, training only: the head is not in the checkpoint and inference
-    #: is unchanged; ``train.fit.DeepSupervised``). 0 = off, the published recipe.
+    #: (deep supervision; ``train.fit.DeepSupervised``). With ``model.residual`` that head
+    #: is the network's own slice head; otherwise it is training-only (not in the
+    #: checkpoint, inference unchanged). 0 = off, the published recipe.
     aux_weight: float = Field(default=0.0, ge=0.0)
     loss_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 

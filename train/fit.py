@@ -138,13 +138,16 @@ class DeepSupervised(nn.Module):
     Our addition, not the paper's (``optim.aux_weight``): the auxiliary head gives the
     backbone the same direct per-slice gradient as the 2D baseline, while the main
     logits still come from the full path (backbone -> LSTM -> head) that the node runs.
-    Only the wrapped network is saved in checkpoints; the auxiliary head is dropped.
+    Only the wrapped network is saved in checkpoints; the auxiliary head is dropped,
+    unless the network is ``residual``: then the auxiliary loss supervises the network's
+    own slice head, which the node keeps (its logits are that head plus the LSTM's).
     """
 
     def __init__(self, model: CNNLSTM) -> None:
         super().__init__()
         self.model = model
-        self.aux_head = nn.Linear(model.feature_dim, model.config.num_classes)
+        # a residual network already has a per-slice head on the features: supervise it
+        self.aux_head = model.slice_head or nn.Linear(model.feature_dim, model.config.num_classes)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -206,6 +209,7 @@ def build_model(cfg: FitConfig) -> CNNLSTM:
         lstm_hidden=m.lstm_hidden,
         lstm_layers=m.lstm_layers,
         dropout=m.dropout,
+        residual=m.residual,
     )
     try:
         return CNNLSTM(net, pretrained=pretrained)

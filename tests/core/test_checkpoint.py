@@ -157,3 +157,29 @@ def test_any_is_present_when_a_subtype_is() -> None:
     )
     assert pred.present.tolist() == [True, False, False, False, False, True]
     assert pred.findings()["any"] == {"probability": pytest.approx(0.3), "present": True}
+
+
+def test_residual_network_round_trips(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    cfg = NetworkConfig(backbone="resnet18", lstm_hidden=16, residual=True)
+    model = CNNLSTM(cfg).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # a trained LSTM head is not zero
+    path = tmp_path / "res.pt"
+    save_checkpoint(path, model, CheckpointMeta(network=cfg, input_size=64))
+    loaded = load_checkpoint(path)
+    assert loaded.meta.network.residual
+    assert any(k.startswith("slice_head.") for k in loaded.model.state_dict())
+    x = torch.randn(4, 3, 64, 64)
+    torch.testing.assert_close(loaded.model.predict_series(x), model.predict_series(x))
+
+
+def test_checkpoints_from_before_the_residual_option_load(tmp_path: Path) -> None:
+    """Checkpoints written before ``residual`` existed have no such key: the paper network."""
+    model, path, _ = make(tmp_path)
+    network = CFG.to_dict()
+    del network["residual"]
+    _tamper(path, "network", network)
+    loaded = load_checkpoint(path)
+    assert not loaded.meta.network.residual
+    x = torch.randn(3, 3, 64, 64)
+    torch.testing.assert_close(loaded.model.predict_series(x), model.predict_series(x))

@@ -109,3 +109,30 @@ def test_channels_last_gives_same_result(net: CNNLSTM) -> None:
     net_cl = net_cl.eval().to(memory_format=torch.channels_last)
     out = net_cl.predict_series(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_residual_network_starts_as_its_per_slice_head() -> None:
+    """``residual``: logits = slice head(features) + LSTM head, the LSTM part zero at first."""
+    torch.manual_seed(0)
+    net = CNNLSTM(NetworkConfig(backbone="resnet18", lstm_hidden=8, residual=True)).eval()
+    assert net.slice_head is not None
+    x = torch.randn(6, 3, SIZE, SIZE)
+    with torch.no_grad():
+        feats = net.backbone(x)
+        torch.testing.assert_close(net.predict_series(x), net.slice_head(feats))
+        # once the LSTM head has weights, slice 0 sees slice 5 again
+        torch.nn.init.normal_(net.head.weight)
+        changed = x.clone()
+        changed[5] = torch.randn(3, SIZE, SIZE)
+        assert not torch.allclose(net.predict_series(x)[0], net.predict_series(changed)[0])
+        corrected = net.predict_series(x)
+        lstm_out, _ = net.lstm(feats.unsqueeze(0))  # type: ignore[misc]
+        expected = net.slice_head(feats) + net.head(lstm_out.squeeze(0))
+        torch.testing.assert_close(corrected, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_network_has_no_slice_head(net: CNNLSTM) -> None:
+    assert net.slice_head is None
+    assert not NetworkConfig().residual
+    # 2D networks ignore the flag: there is no LSTM to correct them
+    assert CNNLSTM(NetworkConfig(backbone="resnet18", lstm=False, residual=True)).slice_head is None

@@ -61,3 +61,13 @@ def test_fit_with_aux_head_saves_plain_checkpoint_and_resumes(
     assert "aux_head" in state
     resumed = fit(cfg, resume=True, store=store, val_store=val, progress=False)
     assert resumed.param_digest == full.param_digest
+
+
+def test_residual_network_supervises_its_own_slice_head() -> None:
+    """With ``model.residual`` the auxiliary loss trains the slice head the node keeps."""
+    net = CNNLSTM(NetworkConfig(backbone="resnet18", lstm_hidden=8, residual=True))
+    wrapped = DeepSupervised(net)
+    assert wrapped.aux_head is net.slice_head
+    names = [n for n, _ in wrapped.named_parameters()]
+    assert any(n.startswith("model.slice_head.") for n in names)
+    assert not any(n.startswith("aux_head.") for n in names)

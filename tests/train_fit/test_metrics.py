@@ -11,6 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from train.metrics import (
     auc,
     bootstrap_ci,
+    paired_bootstrap_diff,
     per_class_log_loss,
     roc_curve,
     sensitivity_specificity,
@@ -74,6 +75,30 @@ def test_bootstrap_ci_brackets_estimate() -> None:
     ci = bootstrap_ci(y, s, n_boot=300, seed=0)
     assert ci.low <= ci.estimate <= ci.high
     assert 0.5 < ci.low < ci.high <= 1.0
+
+
+def test_paired_bootstrap_diff() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 200)
+    noise = rng.normal(size=200)
+    good, weak = noise + 1.5 * y, noise + 0.3 * y
+    same = paired_bootstrap_diff(y, good, good, n_boot=200)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+    better = paired_bootstrap_diff(y, good, weak, n_boot=300, seed=1)
+    assert better.estimate == pytest.approx(auc(y, good) - auc(y, weak))
+    assert 0.0 < better.low <= better.estimate <= better.high
+    worse = paired_bootstrap_diff(y, weak, good, n_boot=300, seed=1)
+    assert worse.high < 0.0
+    # pairing resolves a small shift (every resample ranks ``good`` at least as well)
+    # although the models' own intervals overlap
+    shifted = noise + 1.3 * y
+    diff = paired_bootstrap_diff(y, good, shifted, n_boot=300, seed=2)
+    ci_good = bootstrap_ci(y, good, n_boot=300, seed=2)
+    ci_shifted = bootstrap_ci(y, shifted, n_boot=300, seed=2)
+    assert ci_shifted.high > ci_good.low  # the separate intervals overlap
+    assert diff.low >= 0.0
+    with pytest.raises(ValueError, match="sizes differ"):
+        paired_bootstrap_diff(y, good[:10], good)
 
 
 def test_threshold_for_sensitivity() -> None:
