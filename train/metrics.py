@@ -167,19 +167,26 @@ def paired_bootstrap_diff(
     For ablations (CNN-LSTM against 2D on one test set): resampling the cases once for
     both models keeps their correlation, so the interval of the difference is much
     narrower than two separate intervals would suggest. An interval that contains 0
-    means the data cannot tell the two apart at this ``level``.
+    means the data cannot tell the two apart at this ``level``. Scores of shape
+    ``(k, n)`` (k training runs of each model scored on the same n cases) give the mean
+    over the k paired differences, resampling the cases once for all runs.
     """
     t = np.asarray(y_true, dtype=np.float64).ravel()
-    a = np.asarray(score_a, dtype=np.float64).ravel()
-    b = np.asarray(score_b, dtype=np.float64).ravel()
-    if not t.size == a.size == b.size:
-        raise ValueError(f"sizes differ: {t.size} labels, {a.size} and {b.size} scores")
-    estimate = metric(t, a) - metric(t, b)
+    a = np.atleast_2d(np.asarray(score_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(score_b, dtype=np.float64))
+    if a.shape != b.shape or a.shape[1] != t.size:
+        raise ValueError(f"sizes differ: {t.size} labels, scores {a.shape} and {b.shape}")
+
+    def diff(idx: NDArray[np.intp] | slice) -> float:
+        ti = t[idx]
+        runs = zip(a, b, strict=True)
+        return float(np.mean([metric(ti, ra[idx]) - metric(ti, rb[idx]) for ra, rb in runs]))
+
+    estimate = diff(slice(None))
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
-        idx = rng.integers(0, t.size, t.size)
-        v = metric(t[idx], a[idx]) - metric(t[idx], b[idx])
+        v = diff(rng.integers(0, t.size, t.size))
         if np.isfinite(v):
             values.append(v)
     if len(values) < max(10, n_boot // 10):

@@ -97,8 +97,14 @@ def test_paired_bootstrap_diff() -> None:
     ci_shifted = bootstrap_ci(y, shifted, n_boot=300, seed=2)
     assert ci_shifted.high > ci_good.low  # the separate intervals overlap
     assert diff.low >= 0.0
+    # several runs per model: the mean of the paired differences
+    runs = paired_bootstrap_diff(y, [good, weak], [weak, weak], n_boot=200, seed=3)
+    assert runs.estimate == pytest.approx((auc(y, good) - auc(y, weak)) / 2)
+    assert 0.0 < runs.low <= runs.estimate <= runs.high
     with pytest.raises(ValueError, match="sizes differ"):
         paired_bootstrap_diff(y, good[:10], good)
+    with pytest.raises(ValueError, match="sizes differ"):
+        paired_bootstrap_diff(y, [good, good], good)
 
 
 def test_threshold_for_sensitivity() -> None:
