@@ -56,7 +56,16 @@ class NetworkConfig:
     num_classes: int = NUM_CLASSES
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as stored in a checkpoint.
+
+        ``residual`` is written only when on, so that a checkpoint of the paper's
+        network still loads in a node from before the option existed (which refuses
+        settings it does not know).
+        """
+        data = asdict(self)
+        if not self.residual:
+            del data["residual"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:

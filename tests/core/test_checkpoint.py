@@ -166,6 +166,7 @@ def test_residual_network_round_trips(tmp_path: Path) -> None:
     torch.nn.init.normal_(model.head.weight, std=0.1)  # a trained LSTM head is not zero
     path = tmp_path / "res.pt"
     save_checkpoint(path, model, CheckpointMeta(network=cfg, input_size=64))
+    assert torch.load(path, weights_only=True)["meta"]["network"]["residual"] is True
     loaded = load_checkpoint(path)
     assert loaded.meta.network.residual
     assert any(k.startswith("slice_head.") for k in loaded.model.state_dict())
@@ -176,9 +177,9 @@ def test_residual_network_round_trips(tmp_path: Path) -> None:
 def test_checkpoints_from_before_the_residual_option_load(tmp_path: Path) -> None:
     """Checkpoints written before ``residual`` existed have no such key: the paper network."""
     model, path, _ = make(tmp_path)
-    network = CFG.to_dict()
-    del network["residual"]
-    _tamper(path, "network", network)
+    stored = torch.load(path, weights_only=True)["meta"]["network"]
+    assert "residual" not in stored  # written only when on: older nodes load these files
+    _tamper(path, "network", CFG.to_dict())
     loaded = load_checkpoint(path)
     assert not loaded.meta.network.residual
     x = torch.randn(3, 3, 64, 64)
