@@ -109,7 +109,8 @@ class Destination(_Section):
 
 
 class WebSection(_Section):
-    """The worklist page and metrics endpoint."""
+    """The worklist page and metrics endpoint (not built yet: nothing listens in this
+    version; the keys are part of the config contract, so site files stay valid)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
