@@ -112,7 +112,10 @@ def test_crash_replays_acknowledged_instances_lost_from_the_page_cache(tmp_path:
 
     got = recover(spool / ".journal", spool)
 
-    assert (got.segments, got.records, got.rewritten, got.skipped) == (2, 6, 4, 0)
+    assert (got.records, got.rewritten, got.skipped) == (6, 4, 0)
+    # the active segment, plus the spare when the checkpointer thread had made it before
+    # the crash (it does so in the background: either is a legitimate state to recover)
+    assert got.segments in (1, 2)
     for i, blob in payloads.items():
         assert (spool / _rel(i)).read_bytes() == blob
     assert not list((spool / ".journal").glob("seg-*.wal"))  # all marked free
