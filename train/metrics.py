@@ -122,6 +122,34 @@ class Interval:
         return f"{self.estimate:.4f} ({self.low:.4f}-{self.high:.4f})"
 
 
+def _percentile_bootstrap(
+    statistic: Callable[[NDArray[np.intp] | slice], float],
+    n: int,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> Interval:
+    """``statistic`` of all ``n`` cases, with a percentile interval over resamples of them.
+
+    ``statistic`` gets the indices of the cases to use (``slice(None)`` = all of them).
+    Resamples where it is not finite (``nan``: a class left empty, for AUC) are dropped,
+    as is usual for AUC on small sets; with too few valid resamples the interval is
+    ``nan``.
+    """
+    estimate = statistic(slice(None))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        v = statistic(rng.integers(0, n, n))
+        if np.isfinite(v):
+            values.append(v)
+    if len(values) < max(10, n_boot // 10):
+        return Interval(estimate, float("nan"), float("nan"))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.asarray(values), [alpha, 1.0 - alpha])
+    return Interval(estimate, float(lo), float(hi))
+
+
 def bootstrap_ci(
     y_true: ArrayLike,
     score: ArrayLike,
@@ -137,20 +165,7 @@ def bootstrap_ci(
     """
     t = np.asarray(y_true, dtype=np.float64).ravel()
     s = np.asarray(score, dtype=np.float64).ravel()
-    estimate = metric(t, s)
-    rng = np.random.default_rng(seed)
-    n = t.size
-    values = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = metric(t[idx], s[idx])
-        if np.isfinite(v):
-            values.append(v)
-    if len(values) < max(10, n_boot // 10):
-        return Interval(estimate, float("nan"), float("nan"))
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(np.asarray(values), [alpha, 1.0 - alpha])
-    return Interval(estimate, float(lo), float(hi))
+    return _percentile_bootstrap(lambda idx: metric(t[idx], s[idx]), t.size, n_boot, level, seed)
 
 
 def paired_bootstrap_diff(
@@ -182,18 +197,7 @@ def paired_bootstrap_diff(
         runs = zip(a, b, strict=True)
         return float(np.mean([metric(ti, ra[idx]) - metric(ti, rb[idx]) for ra, rb in runs]))
 
-    estimate = diff(slice(None))
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        v = diff(rng.integers(0, t.size, t.size))
-        if np.isfinite(v):
-            values.append(v)
-    if len(values) < max(10, n_boot // 10):
-        return Interval(estimate, float("nan"), float("nan"))
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(np.asarray(values), [alpha, 1.0 - alpha])
-    return Interval(estimate, float(lo), float(hi))
+    return _percentile_bootstrap(diff, t.size, n_boot, level, seed)
 
 
 def sensitivity_specificity(
