@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from train_fit.tiny import TINY_FIT
+from train_fit.tiny import TINY_FIT, fit_tiny, tiny_stores
 
 from models.checkpoint import load_checkpoint
 from models.network import CNNLSTM, NetworkConfig
-from train.config import load_config
-from train.fit import DeepSupervised, fit
+from train.fit import DeepSupervised
 
 BASE = [*TINY_FIT, "optim.aux_weight=1.0"]
 
@@ -32,34 +31,17 @@ def test_main_logits_are_the_networks_own() -> None:
 def test_fit_with_aux_head_saves_plain_checkpoint_and_resumes(
     tmp_path: Path, phantom_store
 ) -> None:
-    store = phantom_store(range(6), size=32, n_slices=(3, 8))
-    val = phantom_store(range(50, 52), size=32, n_slices=(3, 8))
-    full = fit(
-        load_config("phantom_demo", [*BASE, f"run.out={tmp_path / 'a'}"]),
-        store=store,
-        val_store=val,
-        progress=False,
-    )
+    stores = tiny_stores(phantom_store)
+    full = fit_tiny(BASE, tmp_path / "a", stores)
     loaded = load_checkpoint(full.last)
     assert not any("aux" in k for k in loaded.model.state_dict())
-    plain = fit(
-        load_config("phantom_demo", [*BASE, "optim.aux_weight=0", f"run.out={tmp_path / 'p'}"]),
-        store=store,
-        val_store=val,
-        progress=False,
-    )
+    plain = fit_tiny([*BASE, "optim.aux_weight=0"], tmp_path / "p", stores)
     assert plain.param_digest != full.param_digest  # the auxiliary loss does train the backbone
 
-    cfg = load_config("phantom_demo", [*BASE, f"run.out={tmp_path / 'b'}"])
-    fit(
-        cfg.model_copy(update={"run": cfg.run.model_copy(update={"stop_after_epochs": 1})}),
-        store=store,
-        val_store=val,
-        progress=False,
-    )
+    fit_tiny(BASE, tmp_path / "b", stores, first_epoch_only=True)
     state = torch.load(tmp_path / "b" / "state.pt", map_location="cpu", weights_only=True)
     assert "aux_head" in state
-    resumed = fit(cfg, resume=True, store=store, val_store=val, progress=False)
+    resumed = fit_tiny(BASE, tmp_path / "b", stores, resume=True)
     assert resumed.param_digest == full.param_digest
 
 
