@@ -147,7 +147,11 @@ class DeepSupervised(nn.Module):
         super().__init__()
         self.model = model
         # a residual network already has a per-slice head on the features: supervise it
-        self.aux_head = model.slice_head or nn.Linear(model.feature_dim, model.config.num_classes)
+        self.aux_head = (
+            model.slice_head
+            if model.slice_head is not None
+            else nn.Linear(model.feature_dim, model.config.num_classes)
+        )
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
