@@ -4,7 +4,8 @@
 
 Writes ``--n`` phantom studies as 512 x 512 CT DICOM (seeds from ``--start``, 5,000,000:
 outside every range used for training, thresholds or the learning bench), then does
-what the node's worker does per study: scan the headers, choose the series, decode it
+what the node's worker does per study, through :func:`dicom_node.classify.classify_path`
+(``dicom-node classify``): scan the headers, choose the series, decode it
 (:func:`models.dicom_io.read_series`) and classify it with
 :class:`models.predict.Predictor`. Reported: study AUC per finding, and sensitivity and
 specificity at the checkpoint's own thresholds (the ones the node reports with).
@@ -22,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.dicom_io import read_series, scan_headers
+from dicom_node.classify import classify_path
 from models.labels import LABELS
 from models.predict import Predictor
-from models.series_choice import choose_series
 from train.data.phantoms import random_spec, write_study
 from train.metrics import auc, sensitivity_specificity
 
@@ -42,12 +42,12 @@ def main() -> None:
     labels, scores, present = [], [], []
     with tempfile.TemporaryDirectory(prefix="demo-check-") as tmp:
         for seed in tqdm(range(args.start, args.start + args.n), desc="phantoms"):
-            written = write_study(Path(tmp) / str(seed), random_spec(seed, 0.5, size=512))
-            scan = scan_headers(written.main.files)
-            choice = choose_series(scan.headers)
-            if not choice.eligible:
-                raise RuntimeError(f"phantom {seed}: no eligible series ({choice.reason})")
-            pred = predictor(read_series(choice.headers))
+            folder = Path(tmp) / str(seed)
+            written = write_study(folder, random_spec(seed, 0.5, size=512))
+            (result,) = classify_path(folder, predictor)  # `dicom-node classify`'s steps
+            pred = result.prediction
+            if pred is None:
+                raise RuntimeError(f"phantom {seed}: not classified ({result.skipped})")
             labels.append(written.volume.study_labels)
             scores.append(pred.study_probs)
             present.append(pred.present)
