@@ -125,14 +125,16 @@ class OurNode(Receiver):
     name, aec = "dicom-node (durable)", "ICHNODE"
 
     def __init__(
-        self, worker: bool = False, *, repo: Path = REPO, storage: str = "", name: str = ""
-    ) -> None:
+        self, worker: bool = False, *, repo: Path = REPO, storage: str = "", node: str = "",
+        name: str = "",
+    ) -> None:  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kb: list[int] = []
         self.work = Path()
         self.worker = worker
         self.repo = repo  # another checkout (git worktree) for an A/B against older code
         self.storage = storage  # extra `storage:` keys, e.g. "journal_segment_mb: 0"
+        self.node = node  # extra `node:` keys, e.g. "engine: pynetdicom"
         if name:
             self.name = name
 
@@ -141,7 +143,8 @@ class OurNode(Receiver):
         port = free_port()
         cfg = work / "config.yaml"
         cfg.write_text(
-            f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16}}\n"
+            f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16"
+            f"{', ' + self.node if self.node else ''}}}\n"
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
             f" min_free_disk_mb: 100{', ' + self.storage if self.storage else ''}}}\n"
             "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
@@ -319,6 +322,10 @@ def main() -> None:
         "--ab-journal", action="store_true",
         help="also run the node with its write-ahead journal (storage.journal_segment_mb: 64)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ab-engine", action="store_true",
+        help="also run the node on pynetdicom's server (node.engine: pynetdicom)",
+    )  # fmt: skip
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
@@ -333,6 +340,8 @@ def main() -> None:
     extra: list[Receiver] = [OurNode(repo=r.resolve(), name=f"node from {r}") for r in args.ab_repo]
     if args.ab_journal:
         extra.append(OurNode(storage="journal_segment_mb: 64", name="node, journal on"))
+    if args.ab_engine:
+        extra.append(OurNode(node="engine: pynetdicom", name="node, pynetdicom engine"))
     rates = run(receivers + extra, files, args.repeat)
     if extra:
         for key, r in sorted(rates.items(), key=lambda kv: kv[0].split("|")[1]):

@@ -44,6 +44,9 @@ class NodeSection(_Section):
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
     max_pdu_size: int = Field(262144, ge=0)
+    #: Who speaks DICOM on the wire: ``native`` (:mod:`dicom_node.acceptor`, the fast
+    #: path) or ``pynetdicom`` (its threaded server; a fallback should a peer ever need it).
+    engine: Literal["native", "pynetdicom"] = "native"
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -100,25 +100,41 @@ class StoreHandler:
         try:
             raw = event.encoded_dataset(include_meta=False)
             req = cast(C_STORE, event.request)
+            sop_class = str(req.AffectedSOPClassUID or "").rstrip("\x00 ") or None
+            sop_instance = str(req.AffectedSOPInstanceUID or "").rstrip("\x00 ") or None
+            transfer_syntax = str(event.context.transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - a handler never raises: pynetdicom would abort
+            log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
+            return CANNOT_UNDERSTAND
+        return self.store(raw, transfer_syntax, sop_class, sop_instance, _calling_aet(event))
+
+    def store(
+        self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
+        sop_instance: str | None, calling_aet: str,
+    ) -> int:  # fmt: skip
+        """Store one dataset as it came over the wire; returns the DIMSE status.
+
+        Both receive engines end here: the native acceptor passes a view of its receive
+        buffer (valid until this returns), pynetdicom's handler the encoded dataset.
+        """
+        try:
             ref = parse_dataset(
-                raw,
-                str(event.context.transfer_syntax),
-                command_sop_class=str(req.AffectedSOPClassUID or "").rstrip("\x00 ") or None,
-                command_sop_instance=str(req.AffectedSOPInstanceUID or "").rstrip("\x00 ") or None,
-            )
-            header = part10_header(ref, _calling_aet(event))
+                data, transfer_syntax, command_sop_class=sop_class,
+                command_sop_instance=sop_instance,
+            )  # fmt: skip
+            header = part10_header(ref, calling_aet)
         except BadInstance as exc:
             log.warning(
                 "store.rejected",
                 extra={"status": f"0x{exc.status:04X}", "error": str(exc),
-                       "calling_aet": _calling_aet(event)},
+                       "calling_aet": calling_aet},
             )  # fmt: skip
             return exc.status
-        except Exception as exc:  # noqa: BLE001 - a handler never raises: pynetdicom would abort
+        except Exception as exc:  # noqa: BLE001 - a handler never raises
             log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
             return CANNOT_UNDERSTAND
         try:
-            stored = self.spool.put(ref, raw, header=header)
+            stored = self.spool.put(ref, data, header=header)
         except SpoolFull:
             return OUT_OF_RESOURCES  # logged once a minute by the spool's guard
         except (OSError, IndexDBError, sqlite3.Error) as exc:
@@ -139,7 +155,7 @@ class StoreHandler:
                 extra={
                     "study": study_key(ref.study_uid, self.hash_key),
                     "generation": stored.recorded.generation,
-                    "calling_aet": _calling_aet(event),
+                    "calling_aet": calling_aet,
                 },
             )
         if self.on_stored is not None and stored.recorded.inserted:

@@ -104,7 +104,7 @@ def sync_filesystem(path: Path) -> bool:
     return True
 
 
-def write_file(target: Path, parts: Sequence[bytes], *, durable: bool = False) -> None:
+def write_file(target: Path, parts: Sequence[bytes | memoryview], *, durable: bool = False) -> None:
     """Write ``parts`` to ``target`` via a temporary file and a rename.
 
     A reader never sees a partial file. ``durable``: fsync the file before the rename
@@ -138,9 +138,14 @@ def make_folders(root: Path, folder: Path, *, durable: bool = True) -> None:
                 fsync_dir(d.parent)
 
 
-def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """All of ``parts``, in order: one ``writev`` in the usual case."""
+    done = os.writev(fd, parts) if len(parts) > 1 else 0
     for part in parts:
         view = memoryview(part)
+        skip = min(done, len(view))
+        done -= skip
+        view = view[skip:]
         while view:
             view = view[os.write(fd, view) :]
 
@@ -287,7 +292,7 @@ class Journal:
         """Whether a record of ``size`` bytes for ``relpath`` goes through the journal."""
         return _aligned(_HEAD_SIZE + len(relpath.encode()) + size) <= self.max_record
 
-    def append(self, relpath: str, parts: Sequence[bytes]) -> Ticket:
+    def append(self, relpath: str, parts: Sequence[bytes | memoryview]) -> Ticket:
         """Append one record (``parts`` concatenated = the spool file's bytes).
 
         The caller must :meth:`release` the ticket whatever happens next.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
 
+from dicom_node.acceptor import Acceptor
 from dicom_node.assembly import (
     Assembler,
     CompletionHook,
@@ -92,12 +93,15 @@ class Service:
         self.worker: InferenceWorker | None = None
         self.deliverer: Deliverer | None = None
         self.ae: AE | None = None
-        self.server: NodelayAssociationServer | None = None
+        self.server: NodelayAssociationServer | None = None  # engine "pynetdicom"
+        self.acceptor: Acceptor | None = None  # engine "native"
         self._stopped = threading.Event()
         self._busy = BusyAssociations()
 
     @property
     def port(self) -> int:
+        if self.acceptor is not None:
+            return self.acceptor.port
         assert self.server is not None, "not started"
         return int(self.server.server_address[1])
 
@@ -164,11 +168,13 @@ class Service:
         if pending:
             log.info("study.deadlines_restored", extra={"studies": pending})
         self.ae = build_ae(s.node)
+        store = StoreHandler(self.spool, s.logging.hash_key, self._on_stored, self._busy)
+        if s.node.engine == "native":
+            self.acceptor = Acceptor(s.node, store.store, self.ae.supported_contexts)
+            self.acceptor.start()
+            return
         handlers: list[EventHandlerType] = [
-            (
-                evt.EVT_C_STORE,
-                StoreHandler(self.spool, s.logging.hash_key, self._on_stored, self._busy),
-            ),
+            (evt.EVT_C_STORE, store),
             (evt.EVT_C_ECHO, handle_echo),
             (
                 evt.EVT_REJECTED,
@@ -242,6 +248,8 @@ class Service:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.acceptor is not None:
+            self.acceptor.stop(grace_s)
         if self.server is not None:
             self.server.shutdown()  # no new associations
             deadline = time.monotonic() + grace_s

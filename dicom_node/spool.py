@@ -17,6 +17,7 @@ alone; both run after the journal has been replayed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -165,8 +166,32 @@ def parse_instance(
     return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
+_PARSE_ERRORS: Final = (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
+                        NotImplementedError, struct.error)  # fmt: skip
+#: Bytes of a dataset parsed first for its UIDs; the rest only if they lie further in.
+_UID_PREFIX: Final = 64 * 1024
+
+
+def _read_uids(body: bytes | memoryview, implicit: bool) -> Dataset | None:
+    """The dataset's elements up to Series Instance UID, or None if ``body`` ended first.
+
+    ``stop_when`` sees an element's header only after every earlier value was read in
+    full, so "it fired" proves that no UID was cut at the end of a prefix.
+    """
+    reached: list[bool] = []
+
+    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if int(tag) > _LAST_TAG_NEEDED:
+            reached.append(True)
+            return True
+        return False
+
+    ds = read_dataset(BytesIO(body), implicit, True, stop_when=stop)
+    return ds if reached else None
+
+
 def parse_dataset(
-    raw: bytes,
+    raw: bytes | memoryview,
     transfer_syntax: str,
     *,
     command_sop_class: str | None = None,
@@ -176,16 +201,23 @@ def parse_dataset(
 
     The C-STORE path uses this one: pynetdicom building and encoding a File Meta dataset
     with pydicom costs more CPU per image than everything else in the handler together;
-    :func:`part10_header` writes the same bytes directly.
+    :func:`part10_header` writes the same bytes directly. Only the first 64 KiB are
+    copied and parsed when the UIDs lie there (they do in practice: they precede the
+    pixel data), not the whole half-megabyte image.
     """
     ts = check_uid(transfer_syntax, "Transfer Syntax UID")
     try:
-        body = raw
+        implicit = ts == ImplicitVRLittleEndian
+        ds: Dataset | None = None
         if ts == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: raw deflate, no zlib header
-            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
-        ds = read_dataset(
-            BytesIO(body), ts == ImplicitVRLittleEndian, True, stop_when=_stop_after_series_uid
-        )
+            body: bytes | memoryview = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        else:
+            body = raw
+            if len(raw) > _UID_PREFIX:
+                with contextlib.suppress(*_PARSE_ERRORS):  # the full parse says what is wrong
+                    ds = _read_uids(raw[:_UID_PREFIX], implicit)
+        if ds is None:
+            ds = read_dataset(BytesIO(body), implicit, True, stop_when=_stop_after_series_uid)
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = UID(ts)
         ref = _ref_from(ds)
@@ -329,8 +361,9 @@ class Spool:
             raise SpoolFull("spool above storage.max_spool_gb")
 
     def put(
-        self, ref: InstanceRef, data: bytes, received: float | None = None, header: bytes = b""
-    ) -> Stored:
+        self, ref: InstanceRef, data: bytes | memoryview, received: float | None = None,
+        header: bytes = b"",
+    ) -> Stored:  # fmt: skip
         """Store ``header + data`` durably and index it; a known SOP Instance is not rewritten.
 
         Durable means: its journal record flushed (group commit, see

@@ -296,8 +296,11 @@ def test_spool_size_limit_also_guards(
     assert node.spool_files() == []
 
 
-def test_tcp_nodelay_on_accepted_and_opened_sockets(start_node: Callable[..., Node]) -> None:
-    node = start_node()
+@pytest.mark.parametrize("engine", ["native", "pynetdicom"])
+def test_tcp_nodelay_on_accepted_and_opened_sockets(
+    engine: str, start_node: Callable[..., Node]
+) -> None:
+    node = start_node(node={"engine": engine})
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(Verification)
     assoc = ae.associate(
@@ -308,10 +311,13 @@ def test_tcp_nodelay_on_accepted_and_opened_sockets(start_node: Callable[..., No
     try:
         ours = assoc.dul.socket.socket  # type: ignore[union-attr]
         assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        server = node.service.server
-        assert server is not None
-        accepted = wait_for(lambda: server.active_associations, what="acceptor thread")
-        sock = accepted[0].dul.socket.socket
+        acceptor, server = node.service.acceptor, node.service.server
+        if acceptor is not None:
+            sock = wait_for(lambda: acceptor.associations, what="acceptor thread")[0].sock
+        else:
+            assert server is not None
+            accepted = wait_for(lambda: server.active_associations, what="acceptor thread")
+            sock = accepted[0].dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         assert int(assoc.send_c_echo().Status) == 0
     finally:
