@@ -331,22 +331,29 @@ class Association:
                     if control & 0x02:
                         request = parse_command(command)
                         command.clear()
-                        if request.command_field == C_STORE_RQ and request.has_dataset:
+                        if request.has_dataset:
                             pending, pending_cx, size = request, cx_id, 0
                         else:
                             self._answer_without_dataset(request, cx_id, neg)
                     continue
                 if pending is None or cx_id != pending_cx:
-                    raise ProtocolError("dataset fragment without its C-STORE-RQ", 6)
-                if size + frag > len(self._buffer):
-                    grown = bytearray(max(size + frag, 2 * len(self._buffer), 1 << 20))
-                    grown[:size] = self._buffer[:size]
+                    raise ProtocolError("dataset fragment without its request", 6)
+                # The dataset of a request we do not serve (a C-FIND identifier, say) is
+                # read and dropped: each fragment overwrites the last; answered at its end.
+                keep = pending.command_field == C_STORE_RQ
+                start = size if keep else 0
+                if start + frag > len(self._buffer):
+                    grown = bytearray(max(start + frag, 2 * len(self._buffer), 1 << 20))
+                    grown[:start] = self._buffer[:start]
                     self._buffer = grown
                 with memoryview(self._buffer) as view:
-                    _recv_into(sock, view[size : size + frag])
-                size += frag
+                    _recv_into(sock, view[start : start + frag])
+                size = start + frag
                 if control & 0x02:
                     request, pending = pending, None
+                    if not keep:
+                        self._answer_without_dataset(request, cx_id, neg)
+                        continue
                     self._store(request, cx_id, size, neg)
                     if self._stop:
                         self._abort(source=2, reason=0)

@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import pdu as ul_pdu
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
@@ -50,7 +50,7 @@ CONTEXTS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
 COMMAND, LAST = 0x01, 0x02  # message control header bits (PS3.8 E.2)
 
 
-def _command_set(message: C_STORE_RQ | C_ECHO_RQ) -> bytes:
+def _command_set(message: C_STORE_RQ | C_ECHO_RQ | C_FIND_RQ) -> bytes:
     raw = encode(message.command_set, True, True)
     assert raw is not None
     return raw
@@ -75,6 +75,23 @@ def echo_rq(message_id: int = 1) -> bytes:
     message = C_ECHO_RQ()
     message.primitive_to_message(primitive)
     return _command_set(message)
+
+
+def find_rq(message_id: int = 1) -> tuple[bytes, bytes]:
+    """A C-FIND-RQ command set and its identifier (implicit VR LE), as a PACS sends them."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = ""
+    encoded = encode(identifier, True, True)
+    assert encoded is not None
+    primitive = C_FIND()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = StudyRootQueryRetrieveInformationModelFind
+    primitive.Priority = 2
+    primitive.Identifier = BytesIO(encoded)
+    message = C_FIND_RQ()
+    message.primitive_to_message(primitive)
+    return _command_set(message), encoded
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:
@@ -294,6 +311,34 @@ def test_c_store_split_over_many_pdvs_and_pdus_is_stored_byte_identical(
     assert dataset_bytes(stored) == data
 
 
+def test_c_find_is_answered_unrecognised_and_the_association_stays_usable(
+    node: Node, ct_file: Path
+) -> None:
+    command, identifier = find_rq(message_id=5)
+    first, second = chunks(identifier, 2)
+    sop_class, sop_instance = _sop(ct_file)
+    with RawPeer(node.port) as peer:
+        peer.associate()
+        # On an accepted context (the node accepts no FIND context at all); the
+        # identifier that every C-FIND-RQ carries comes in two fragments.
+        peer.send(
+            p_data((CX_ECHO, COMMAND | LAST, command), (CX_ECHO, 0, first))
+            + p_data((CX_ECHO, LAST, second))
+        )
+        response, _ = peer.read_response()
+        assert response.CommandField == 0x8020
+        assert response.MessageIDBeingRespondedTo == 5
+        assert response.Status == 0x0211
+        assert peer.echo(message_id=6) == 0x0000
+        # A store after it is whole: the dropped identifier left nothing behind.
+        peer.send(p_data((CX_CT, COMMAND | LAST, store_rq(sop_class, sop_instance))))
+        peer.send(p_data((CX_CT, LAST, dataset_bytes(ct_file))))
+        assert peer.read_response()[0].Status == 0x0000
+    assert "command_field=0x0020" in _log_event(node, "assoc.unsupported_request")
+    (stored,) = node.spool_files()
+    assert dataset_bytes(stored) == dataset_bytes(ct_file)
+
+
 def test_response_is_split_to_a_tiny_peer_maximum_length(node: Node, ct_file: Path) -> None:
     sop_class, sop_instance = _sop(ct_file)
     with RawPeer(node.port) as peer:
@@ -318,7 +363,7 @@ def test_response_is_split_to_a_tiny_peer_maximum_length(node: Node, ct_file: Pa
         pytest.param(pdu(0x01, b"\x00" * 4), "unexpected PDU type 0x01", id="second-associate"),
         pytest.param(
             p_data((CX_CT, 0, b"\x08\x00\x18\x00")),
-            "dataset fragment without its C-STORE-RQ",
+            "dataset fragment without its request",
             id="dataset-without-command",
         ),
         pytest.param(
