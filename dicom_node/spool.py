@@ -17,7 +17,6 @@ alone; both run after the journal has been replayed.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -48,6 +47,7 @@ from pydicom.uid import (
 from dicom_node.errors import NodeError
 from dicom_node.index import Index, InstanceRow, Recorded
 from dicom_node.journal import Journal, make_folders, recover, write_file
+from dicom_node.uid_scan import SERIES_UID, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, scan_uids
 from dicom_node.uids import InvalidUID, check_uid
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,6 @@ class InstanceRef:
         return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}.dcm"
 
 
-_STUDY_UID: Final = 0x0020000D
-_SERIES_UID: Final = 0x0020000E
-_SOP_CLASS_UID: Final = 0x00080016
-_SOP_INSTANCE_UID: Final = 0x00080018
-
-
 def _raw_uid(ds: Dataset, tag: int, what: str) -> str:
     """A UID element's value, taken raw: pydicom's own validation of a bad value warns
     with the value in the message, and a warning is not ours to log."""
@@ -119,10 +113,10 @@ def _raw_uid(ds: Dataset, tag: int, what: str) -> str:
 
 def _ref_from(ds: Dataset) -> InstanceRef:
     return InstanceRef(
-        study_uid=_raw_uid(ds, _STUDY_UID, "Study Instance UID"),
-        series_uid=_raw_uid(ds, _SERIES_UID, "Series Instance UID"),
-        sop_uid=_raw_uid(ds, _SOP_INSTANCE_UID, "SOP Instance UID"),
-        sop_class_uid=_raw_uid(ds, _SOP_CLASS_UID, "SOP Class UID"),
+        study_uid=_raw_uid(ds, STUDY_UID, "Study Instance UID"),
+        series_uid=_raw_uid(ds, SERIES_UID, "Series Instance UID"),
+        sop_uid=_raw_uid(ds, SOP_INSTANCE_UID, "SOP Instance UID"),
+        sop_class_uid=_raw_uid(ds, SOP_CLASS_UID, "SOP Class UID"),
         transfer_syntax=check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
     )
 
@@ -166,28 +160,19 @@ def parse_instance(
     return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
-_PARSE_ERRORS: Final = (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
-                        NotImplementedError, struct.error)  # fmt: skip
-#: Bytes of a dataset parsed first for its UIDs; the rest only if they lie further in.
-_UID_PREFIX: Final = 64 * 1024
+def _scanned_ref(found: dict[int, bytes], ts: str) -> InstanceRef:
+    def uid(tag: int, what: str) -> str:
+        if tag not in found:
+            raise InvalidUID(f"{what} is missing")
+        return check_uid(found[tag], what)
 
-
-def _read_uids(body: bytes | memoryview, implicit: bool) -> Dataset | None:
-    """The dataset's elements up to Series Instance UID, or None if ``body`` ended first.
-
-    ``stop_when`` sees an element's header only after every earlier value was read in
-    full, so "it fired" proves that no UID was cut at the end of a prefix.
-    """
-    reached: list[bool] = []
-
-    def stop(tag: BaseTag, vr: str | None, length: int) -> bool:
-        if int(tag) > _LAST_TAG_NEEDED:
-            reached.append(True)
-            return True
-        return False
-
-    ds = read_dataset(BytesIO(body), implicit, True, stop_when=stop)
-    return ds if reached else None
+    return InstanceRef(
+        study_uid=uid(STUDY_UID, "Study Instance UID"),
+        series_uid=uid(SERIES_UID, "Series Instance UID"),
+        sop_uid=uid(SOP_INSTANCE_UID, "SOP Instance UID"),
+        sop_class_uid=uid(SOP_CLASS_UID, "SOP Class UID"),
+        transfer_syntax=ts,
+    )
 
 
 def parse_dataset(
@@ -199,28 +184,28 @@ def parse_dataset(
 ) -> InstanceRef:
     """Like :func:`parse_instance`, for a dataset as it came over the wire (no File Meta).
 
-    The C-STORE path uses this one: pynetdicom building and encoding a File Meta dataset
-    with pydicom costs more CPU per image than everything else in the handler together;
-    :func:`part10_header` writes the same bytes directly. Only the first 64 KiB are
-    copied and parsed when the UIDs lie there (they do in practice: they precede the
-    pixel data), not the whole half-megabyte image.
+    The C-STORE path uses this one. The UIDs come from a header walk
+    (:func:`dicom_node.uid_scan.scan_uids`), with pydicom as the fallback whenever the
+    walk is unsure; pynetdicom building and encoding a File Meta dataset with pydicom
+    would cost more CPU per image than everything else in the handler together, so
+    :func:`part10_header` writes the same bytes directly.
     """
     ts = check_uid(transfer_syntax, "Transfer Syntax UID")
     try:
         implicit = ts == ImplicitVRLittleEndian
-        ds: Dataset | None = None
+        body = raw
         if ts == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: raw deflate, no zlib header
-            body: bytes | memoryview = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        found = scan_uids(body, implicit)
+        if found is not None:
+            ref = _scanned_ref(found, ts)
         else:
-            body = raw
-            if len(raw) > _UID_PREFIX:
-                with contextlib.suppress(*_PARSE_ERRORS):  # the full parse says what is wrong
-                    ds = _read_uids(raw[:_UID_PREFIX], implicit)
-        if ds is None:
-            ds = read_dataset(BytesIO(body), implicit, True, stop_when=_stop_after_series_uid)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = UID(ts)
-        ref = _ref_from(ds)
+            ds = read_dataset(
+                BytesIO(body), implicit, True, stop_when=_stop_after_series_uid
+            )  # fmt: skip
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = UID(ts)
+            ref = _ref_from(ds)
     except InvalidUID as exc:
         raise BadInstance(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
