@@ -79,6 +79,7 @@ MAX_ASSOCIATE_RQ: Final = 1 << 20
 KEEP_BUFFER: Final = 64 << 20
 _ACCEPT_POLL_S: Final = 0.2
 SUCCESS: Final = 0x0000
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5.1
 
 
 class StoreFunction(Protocol):
@@ -111,6 +112,7 @@ def _recv(sock: socket.socket, n: int) -> bytearray:
 @dataclass(frozen=True, slots=True)
 class _Negotiated:
     contexts: dict[int, str]  # accepted context ID -> transfer syntax
+    abstract: dict[int, str]  # accepted context ID -> abstract syntax (SOP class)
     peer_max_pdu: int
 
 
@@ -283,11 +285,15 @@ class Association:
         self.established = True
         log.info("assoc.accepted", extra={"calling_aet": calling, "peer": self.peer})
         accepted = {
-            int(cx.context_id): str(cx.transfer_syntax[0])
+            cx.context_id: cx
             for cx in results
             if cx.result == 0 and cx.context_id is not None and cx.transfer_syntax
         }
-        return _Negotiated(accepted, int(rq.maximum_length_received or 0))
+        return _Negotiated(
+            {cid: str(cx.transfer_syntax[0]) for cid, cx in accepted.items()},
+            {cid: str(cx.abstract_syntax) for cid, cx in accepted.items()},
+            int(rq.maximum_length_received or 0),
+        )
 
     def _messages(self, neg: _Negotiated) -> str:
         """The P-DATA loop; returns how the association ended."""
@@ -309,7 +315,7 @@ class Association:
             if pdu_type == A_ABORT:
                 return "aborted by peer"
             if pdu_type != P_DATA_TF:
-                reason = 2 if pdu_type < 8 else 1  # unexpected / unrecognised PDU
+                reason = 2 if 1 <= pdu_type <= 7 else 1  # unexpected / unrecognised PDU
                 raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", reason)
             left = length
             while left > 0:
@@ -377,6 +383,17 @@ class Association:
                 return
             self._busy = True
         try:
+            if request.sop_class != neg.abstract[cx_id]:
+                # PS3.7 C.5: a C-STORE travels on its SOP class's own context; on any
+                # other, its bytes would be read with a syntax negotiated for something else.
+                log.warning(
+                    "store.rejected",
+                    extra={"status": f"0x{SOP_CLASS_NOT_SUPPORTED:04X}",
+                           "error": "SOP class differs from its presentation context",
+                           "calling_aet": self.calling_aet},
+                )  # fmt: skip
+                self._send_response(request, SOP_CLASS_NOT_SUPPORTED, cx_id, neg)
+                return
             with memoryview(self._buffer) as view:
                 status = self.server.on_store(
                     view[:size], neg.contexts[cx_id], request.sop_class, request.sop_instance,

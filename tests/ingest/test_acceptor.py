@@ -29,6 +29,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
@@ -337,6 +338,28 @@ def test_c_find_is_answered_unrecognised_and_the_association_stays_usable(
     assert "command_field=0x0020" in _log_event(node, "assoc.unsupported_request")
     (stored,) = node.spool_files()
     assert dataset_bytes(stored) == dataset_bytes(ct_file)
+
+
+def test_store_on_another_sop_class_context_is_refused(node: Node, ct_file: Path) -> None:
+    """A CT image sent on an MR context is answered 0x0122 and not stored."""
+    sop_class, sop_instance = _sop(ct_file)
+    cx_mr = 5
+    with RawPeer(node.port) as peer:
+        peer.send(
+            peer.associate_rq(
+                contexts=[*CONTEXTS, (cx_mr, MRImageStorage, (ExplicitVRLittleEndian,))]
+            )
+        )
+        got = peer.read_pdu()
+        assert got is not None
+        assert got[0] == 0x02
+        peer.send(p_data((cx_mr, COMMAND | LAST, store_rq(sop_class, sop_instance))))
+        peer.send(p_data((cx_mr, LAST, dataset_bytes(ct_file))))
+        response, _ = peer.read_response()
+        assert response.Status == 0x0122
+        assert peer.echo() == 0x0000
+    assert "SOP class differs from its presentation context" in node.log.getvalue()
+    assert node.spool_files() == []
 
 
 def test_response_is_split_to_a_tiny_peer_maximum_length(node: Node, ct_file: Path) -> None:
