@@ -247,9 +247,41 @@ class BarePynetdicom(FolderReceiver):
         return [sys.executable, str(REPO / "bench" / "bare_pynetdicom_scp.py"), str(port), str(out)]
 
 
+def durable_write_ms(files: list[Path]) -> float:
+    """Milliseconds per instance for the durable write alone, on the disk under ``var/``.
+
+    What the issue's durability asks of every receiver before Success, with nothing else:
+    write a temporary file, fsync it, rename it into a study/series folder, fsync the
+    folder. No network, no parsing, no index. With storescp's whole per-image time it
+    estimates what storescp would reach if it kept that promise (see :func:`report`): the
+    ceiling the durability requirement puts on a one-association ratio to storescp.
+    """
+    from dicom_node.journal import fsync_dir
+
+    blobs = [f.read_bytes() for f in files]
+    with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-floor-") as d:
+        folder = Path(d) / "1.2.3" / "1.2.3.4"
+        folder.mkdir(parents=True)
+        t0 = time.perf_counter()
+        for i, blob in enumerate(blobs):
+            tmp = folder / f".{i}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                os.write(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(folder / f"{i}.dcm")
+            fsync_dir(folder)
+        return (time.perf_counter() - t0) / len(blobs) * 1e3
+
+
 def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     for rep in range(repeat):
+        ms = durable_write_ms(files)
+        rates.setdefault("durable write ms", []).append(ms)
+        print(f"run {rep + 1} durable write alone: {ms:.3f} ms/image", file=sys.stderr)
         for parallel in (1, 4):
             for rx in receivers:
                 with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-ingest-") as d:
@@ -295,6 +327,16 @@ def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> st
             f"{ours / med(f'{StoreSCP.name}|{p}'):.2f}x, node / bare pynetdicom = "
             f"{ours / med(f'{BarePynetdicom.name}|{p}'):.2f}x"
         )
+    write_ms = med("durable write ms")
+    scp_ms = 1e3 / med(f"{StoreSCP.name}|1")
+    floor = 1e3 / (scp_ms + write_ms)
+    lines.append(
+        f"- durable write alone (tmp file, fsync, rename, folder fsync; no network): "
+        f"{write_ms:.2f} ms/image. storescp's {scp_ms:.2f} ms per image plus that (storescp "
+        f"if it kept the promise): {floor:.0f} images/s = "
+        f"{floor / med(f'{StoreSCP.name}|1'):.2f}x storescp; node / that = "
+        f"{med(f'{OurNode.name}|1') / floor:.2f}x"
+    )
     if node.peak_rss_kb:
         what = "with its inference worker" if node.worker else "receive-only"
         lines.append(
@@ -343,16 +385,19 @@ def main() -> None:
     if args.ab_engine:
         extra.append(OurNode(node="engine: pynetdicom", name="node, pynetdicom engine"))
     rates = run(receivers + extra, files, args.repeat)
-    if extra:
-        for key, r in sorted(rates.items(), key=lambda kv: kv[0].split("|")[1]):
-            print(f"{key}: median {statistics.median(r):.0f} images/s {[round(x) for x in r]}")
-    elif len(receivers) == 4:
+    if len(receivers) == 4:
         print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
     else:
         for key, r in rates.items():
             print(key, f"{statistics.median(r):.1f}")
         if node.peak_rss_kb:
             print("node peak RSS MiB", max(node.peak_rss_kb) / 1024)
+    if extra:
+        print()
+        for key, r in sorted(rates.items(), key=lambda kv: kv[0].split("|")[-1]):
+            if key.split("|")[0] in {x.name for x in extra} | {OurNode.name}:
+                runs = [round(x) for x in r]
+                print(f"- {key}: median {statistics.median(r):.0f} images/s {runs}")
 
 
 if __name__ == "__main__":
