@@ -50,15 +50,21 @@ TS_UNDER_TEST = {
 }
 
 
+#: The receive engines (node.engine): the native acceptor and pynetdicom's server, its
+#: fallback; tests marked with this run against both.
+ENGINES = pytest.mark.parametrize("engine", ["native", "pynetdicom"])
+
+
 def test_every_required_transfer_syntax_is_offered() -> None:
     assert set(TS_UNDER_TEST) <= {str(t) for t in TRANSFER_SYNTAXES}
 
 
+@ENGINES
 @pytest.mark.parametrize("ts", list(TS_UNDER_TEST))
 def test_storescu_in_each_transfer_syntax_is_stored_as_received(
-    ts: str, ts_variants: dict[str, list[Path]], start_node: Callable[..., Node]
+    engine: str, ts: str, ts_variants: dict[str, list[Path]], start_node: Callable[..., Node]
 ) -> None:
-    node = start_node()
+    node = start_node(node={"engine": engine})
     files = ts_variants[ts]
     proc = storescu(node.port, files, extra=TS_UNDER_TEST[ts])
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -81,10 +87,11 @@ def test_storescu_in_each_transfer_syntax_is_stored_as_received(
             assert dataset_bytes(stored) == dataset_bytes(src)
 
 
+@ENGINES
 def test_duplicates_are_stored_once_and_answered_success(
-    phantom: WrittenStudy, start_node: Callable[..., Node]
+    engine: str, phantom: WrittenStudy, start_node: Callable[..., Node]
 ) -> None:
-    node = start_node()
+    node = start_node(node={"engine": engine})
     files = phantom.main.files
     assert storescu(node.port, files).returncode == 0
     node.wait_state(phantom.study_uid, "complete")
@@ -209,10 +216,11 @@ def _file_with_body(path: Path, body: bytes, sop_uid: str) -> Path:
     return path
 
 
+@ENGINES
 def test_corrupt_and_hostile_instances_never_crash_the_node(
-    tmp_path: Path, phantom: WrittenStudy, start_node: Callable[..., Node]
+    engine: str, tmp_path: Path, phantom: WrittenStudy, start_node: Callable[..., Node]
 ) -> None:
-    node = start_node()
+    node = start_node(node={"engine": engine})
     sop = generate_uid()
     garbage = _file_with_body(
         tmp_path / "garbage.dcm", b"\x08\x00\x16\x00UI\xff\xff" + bytes(50), sop
@@ -252,10 +260,11 @@ def test_sentinel_patient_data_never_reaches_the_logs(
         assert secret not in text
 
 
+@ENGINES
 def test_disallowed_calling_aet_is_rejected(
-    phantom: WrittenStudy, start_node: Callable[..., Node]
+    engine: str, phantom: WrittenStudy, start_node: Callable[..., Node]
 ) -> None:
-    node = start_node(node={"allowed_calling_aets": ["PACS1"]})
+    node = start_node(node={"allowed_calling_aets": ["PACS1"], "engine": engine})
     proc = storescu(node.port, phantom.main.files, aet="STRANGER")
     assert proc.returncode != 0
     assert "Calling AE Title Not Recognized" in proc.stdout + proc.stderr
@@ -264,10 +273,11 @@ def test_disallowed_calling_aet_is_rejected(
     assert storescu(node.port, phantom.main.files, aet="PACS1").returncode == 0
 
 
+@ENGINES
 def test_wrong_called_aet_is_rejected(
-    phantom: WrittenStudy, start_node: Callable[..., Node]
+    engine: str, phantom: WrittenStudy, start_node: Callable[..., Node]
 ) -> None:
-    node = start_node()
+    node = start_node(node={"engine": engine})
     proc = storescu(node.port, phantom.main.files, aec="SOMEONEELSE")
     assert proc.returncode != 0
     assert "Called AE Title Not Recognized" in proc.stdout + proc.stderr
@@ -296,7 +306,7 @@ def test_spool_size_limit_also_guards(
     assert node.spool_files() == []
 
 
-@pytest.mark.parametrize("engine", ["native", "pynetdicom"])
+@ENGINES
 def test_tcp_nodelay_on_accepted_and_opened_sockets(
     engine: str, start_node: Callable[..., Node]
 ) -> None:
@@ -324,8 +334,11 @@ def test_tcp_nodelay_on_accepted_and_opened_sockets(
         assoc.release()
 
 
-def test_max_associations_rejects_the_extra_one(start_node: Callable[..., Node]) -> None:
-    node = start_node(node={"max_associations": 1})
+@ENGINES
+def test_max_associations_rejects_the_extra_one(
+    engine: str, start_node: Callable[..., Node]
+) -> None:
+    node = start_node(node={"max_associations": 1, "engine": engine})
     ae = AE(ae_title="PROBE")
     ae.add_requested_context(Verification)
     first = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
