@@ -80,6 +80,7 @@ KEEP_BUFFER: Final = 64 << 20
 _ACCEPT_POLL_S: Final = 0.2
 SUCCESS: Final = 0x0000
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5.1
+OUT_OF_RESOURCES: Final = 0xA700  # PS3.4 B.2.3
 
 
 class StoreFunction(Protocol):
@@ -301,6 +302,7 @@ class Association:
         command = bytearray()
         pending: Command | None = None  # a C-STORE-RQ whose dataset is arriving
         pending_cx = 0
+        oversize = False  # the pending instance passed node.max_instance_mb: dropped
         size = 0  # dataset bytes received so far into self._buffer
         header = bytearray(PDV_HEADER.size)
         header_view = memoryview(header)
@@ -346,7 +348,9 @@ class Association:
                     raise ProtocolError("dataset fragment without its request", 6)
                 # The dataset of a request we do not serve (a C-FIND identifier, say) is
                 # read and dropped: each fragment overwrites the last; answered at its end.
-                keep = pending.command_field == C_STORE_RQ
+                keep = pending.command_field == C_STORE_RQ and not oversize
+                if keep and size + frag > self.server.max_instance_bytes:
+                    oversize, keep = True, False  # answered Out of Resources at its end
                 start = size if keep else 0
                 if start + frag > len(self._buffer):
                     grown = bytearray(max(start + frag, 2 * len(self._buffer), 1 << 20))
@@ -357,6 +361,15 @@ class Association:
                 size = start + frag
                 if control & 0x02:
                     request, pending = pending, None
+                    if oversize:
+                        oversize = False
+                        log.warning(
+                            "store.too_large",
+                            extra={"limit_mb": self.server.node.max_instance_mb,
+                                   "calling_aet": self.calling_aet},
+                        )  # fmt: skip
+                        self._send_response(request, OUT_OF_RESOURCES, cx_id, neg)
+                        continue
                     if not keep:
                         self._answer_without_dataset(request, cx_id, neg)
                         continue
@@ -421,6 +434,7 @@ class Acceptor:
         self.node = node
         self.on_store = on_store
         self.contexts = list(contexts)
+        self.max_instance_bytes = node.max_instance_mb << 20
         self._lock = threading.Lock()
         self._active: list[Association] = []
         self._listener: socket.socket | None = None

@@ -47,6 +47,10 @@ class NodeSection(_Section):
     #: Who speaks DICOM on the wire: ``native`` (:mod:`dicom_node.acceptor`, the fast
     #: path) or ``pynetdicom`` (its threaded server; a fallback should a peer ever need it).
     engine: Literal["native", "pynetdicom"] = "native"
+    #: Largest instance the native engine takes (it holds one in memory while it
+    #: arrives); a larger one is read, dropped and answered 0xA700, so a broken or
+    #: hostile sender cannot exhaust memory. Enhanced CT of a whole head is ~0.3-1 GB.
+    max_instance_mb: int = Field(2048, ge=1)
 
     _ae = field_validator("ae_title")(_check_ae)
 

@@ -34,7 +34,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from train.data.phantoms import WrittenStudy
+from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 ECHOSCU = "/usr/bin/echoscu"
@@ -512,3 +512,22 @@ def test_graceful_stop_aborts_an_idle_raw_association_promptly(node: Node) -> No
         assert not stopper.is_alive(), "stop waited for an idle association"
         seen = peer.wait_closed()
     assert seen == [] or _is_provider_abort(seen)
+
+
+def test_instance_over_the_size_limit_is_refused_and_the_next_one_stored(
+    tmp_path: Path, phantom: WrittenStudy, start_node: Callable[..., Node]
+) -> None:
+    """A 2 MB image against a 1 MB limit: read, dropped, 0xA700; the association goes on."""
+    node = start_node(node={"max_instance_mb": 1})
+    big = write_study(tmp_path / "big", PhantomSpec(seed=5, n_slices=1, size=1024))
+    (big_file,) = big.main.files
+    assert big_file.stat().st_size > 1 << 20
+    small = phantom.main.files[0]
+    proc = storescu(node.port, [big_file, small], extra=("--no-halt",))
+    out = proc.stdout + proc.stderr
+    assert "Refused: OutOfResources" in out, out
+    stored_files = node.spool_files()
+    assert len(stored_files) == 1, out
+    (stored,) = stored_files
+    assert dataset_bytes(stored) == dataset_bytes(small)
+    assert "event=store.too_large" in node.log.getvalue()
