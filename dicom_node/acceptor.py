@@ -22,7 +22,9 @@ within ``acse_timeout_s``; rejections follow pynetdicom's (calling AE not recogn
 C-STORE-RQ and C-ECHO-RQ, A-RELEASE-RQ (answered, then closed) and A-ABORT. Any other
 request is answered "unrecognised operation" (0x0211); a malformed or unexpected PDU
 is answered with A-P-ABORT and the connection closed. An association silent for
-``network_timeout_s`` is aborted. TCP_NODELAY is set on every accepted socket.
+``network_timeout_s`` is aborted. TCP_NODELAY is set on every accepted socket. A
+C-STORE on a context of another SOP class is answered 0x0122; an instance larger than
+``max_instance_mb`` is read, dropped and answered 0xA700 (memory stays bounded).
 """
 
 from __future__ import annotations
@@ -163,7 +165,11 @@ class Association:
         with contextlib.suppress(OSError):
             if self.established or source == 2:
                 self.sock.sendall(abort_pdu(source, reason))
-        self._close_socket()
+        # Only shut down here: this may run in another thread (a stop) while the
+        # association's own thread waits in recv(); shutdown wakes it, and that thread
+        # closes the descriptor itself, so it is never closed under a running call.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
     def _close_socket(self) -> None:
         with contextlib.suppress(OSError):
