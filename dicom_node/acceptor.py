@@ -71,6 +71,7 @@ from dicom_node.dimse import (
     release_rp,
 )
 from dicom_node.scp import set_nodelay
+from dicom_node.spool import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +442,9 @@ class Acceptor:
         self.on_store = on_store
         self.contexts = list(contexts)
         self.max_instance_bytes = node.max_instance_mb << 20
+        #: Open connections beyond this are closed unread (see :meth:`_accept_loop`).
+        self.max_connections = node.max_associations + max(4, node.max_associations)
+        self._refusals = RateLimitedLog(60.0, log)
         self._lock = threading.Lock()
         self._active: list[Association] = []
         self._listener: socket.socket | None = None
@@ -492,6 +496,16 @@ class Acceptor:
             except OSError:
                 if self._accepting.is_set():
                     time.sleep(_ACCEPT_POLL_S)  # e.g. out of file descriptors: do not spin
+                continue
+            if self._count() >= self.max_connections:
+                # A flood of connections (or one that never speaks) must not grow threads
+                # without bound: past the slack, close at once instead of reading an
+                # A-ASSOCIATE-RQ to reject. Up to then, extras get a proper rejection.
+                self._refusals.warning(
+                    "assoc.connection_refused", reason="too-many-connections",
+                    limit=self.max_connections,
+                )  # fmt: skip
+                sock.close()
                 continue
             try:
                 sock.settimeout(None)

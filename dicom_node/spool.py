@@ -261,8 +261,9 @@ def read_file_ref(path: Path) -> InstanceRef:
 class RateLimitedLog:
     """Log an event at most once per ``interval`` seconds (disk guard: not once per image)."""
 
-    def __init__(self, interval: float = 60.0) -> None:
+    def __init__(self, interval: float = 60.0, logger: logging.Logger | None = None) -> None:
         self.interval = interval
+        self.logger = logger or log
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -276,7 +277,7 @@ class RateLimitedLog:
                 return False
             self._last[event] = now
             suppressed = self._suppressed.pop(event, 0)
-        log.warning(event, extra={**fields, "suppressed": suppressed})
+        self.logger.warning(event, extra={**fields, "suppressed": suppressed})
         return True
 
 

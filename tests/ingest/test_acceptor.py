@@ -531,3 +531,27 @@ def test_instance_over_the_size_limit_is_refused_and_the_next_one_stored(
     (stored,) = stored_files
     assert dataset_bytes(stored) == dataset_bytes(small)
     assert "event=store.too_large" in node.log.getvalue()
+
+
+def test_connections_past_the_slack_are_closed_unread(start_node: Callable[..., Node]) -> None:
+    """Silent connections cannot pile up threads: past max_associations plus a slack of
+    at least 4, the node closes new ones at once; the held ones still work afterwards."""
+    node = start_node(node={"max_associations": 1})
+    acceptor = node.service.acceptor
+    assert acceptor is not None
+    held: list[socket.socket] = []
+    try:
+        for _ in range(acceptor.max_connections):
+            held.append(socket.create_connection(("127.0.0.1", node.port)))
+        wait_for(lambda: len(acceptor.associations) == acceptor.max_connections, what="connections")
+        with socket.create_connection(("127.0.0.1", node.port)) as extra:
+            extra.settimeout(30)
+            assert extra.recv(1) == b""  # closed by the node without a word
+        assert "reason=too-many-connections" in node.log.getvalue()
+    finally:
+        for sock in held:
+            sock.close()
+    wait_for(lambda: not acceptor.associations, what="held connections to end")
+    with RawPeer(node.port) as peer:
+        peer.associate()
+        assert peer.echo() == 0x0000
