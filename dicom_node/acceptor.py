@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom import pdu as ul_pdu
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -72,6 +71,7 @@ from dicom_node.dimse import (
 )
 from dicom_node.scp import set_nodelay
 from dicom_node.spool import RateLimitedLog
+from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ class Association:
         max_length = MaximumLengthNotification()
         max_length.maximum_length_received = node.max_pdu_size
         impl_uid = ImplementationClassUIDNotification()
-        impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+        impl_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         impl_name = ImplementationVersionNameNotification()
-        impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+        impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ac.user_information = [max_length, impl_uid, impl_name, *ac_roles]
         out_ac = ul_pdu.A_ASSOCIATE_AC()
         out_ac.from_primitive(ac)

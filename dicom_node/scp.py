@@ -51,6 +51,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeSection
+from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,8 @@ class NodelayAssociationServer(ThreadedAssociationServer):
 def build_ae(node: NodeSection) -> AE:
     """An AE configured from ``node``: title, limits, timeouts, contexts, AE checks."""
     ae = AE(ae_title=node.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
@@ -266,6 +269,8 @@ def echo(
 ) -> int | None:
     """C-ECHO a peer; returns its status (0x0000 is Success) or None if no association."""
     ae = AE(ae_title=calling_aet)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s

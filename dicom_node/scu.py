@@ -44,6 +44,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import Destination
 from dicom_node.errors import PermanentError, TransientError
+from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ def associate(
     """
     t = timeouts or ScuTimeouts()
     ae = AE(ae_title=calling_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.connection_timeout = t.connect_s
     ae.acse_timeout = t.acse_s
     ae.dimse_timeout = t.dimse_s

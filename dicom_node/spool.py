@@ -48,7 +48,12 @@ from dicom_node.errors import NodeError
 from dicom_node.index import Index, InstanceRow, Recorded
 from dicom_node.journal import Journal, make_folders, recover, write_file
 from dicom_node.uid_scan import SERIES_UID, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, scan_uids
-from dicom_node.uids import InvalidUID, check_uid
+from dicom_node.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    InvalidUID,
+    check_uid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +232,16 @@ def part10_header(ref: InstanceRef, source_aet: str = "") -> bytes:
     """Preamble, ``DICM`` and the File Meta group (PS3.10 7.1) for a received dataset.
 
     Explicit VR little endian, as PS3.10 requires for group 0002 whatever the dataset's
-    transfer syntax; implementation UID and version are pynetdicom's, which encoded
-    nothing else: the dataset bytes that follow are the sender's.
+    transfer syntax; Implementation Class UID and Version Name are the node's (it wrote
+    only this header: the dataset bytes that follow are the sender's).
     """
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
     elements = [
         _meta_element(0x00020001, b"OB", b"\x00\x01"),
         _meta_element(0x00020002, b"UI", ref.sop_class_uid.encode()),
         _meta_element(0x00020003, b"UI", ref.sop_uid.encode()),
         _meta_element(0x00020010, b"UI", ref.transfer_syntax.encode()),
-        _meta_element(0x00020012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).encode()),
-        _meta_element(0x00020013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode()),
+        _meta_element(0x00020012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
+        _meta_element(0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME.encode()),
     ]
     aet = source_aet.strip()
     if aet and aet.isascii() and "\\" not in aet and len(aet) <= 16:

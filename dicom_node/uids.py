@@ -51,3 +51,17 @@ def check_uid(value: object, what: str) -> str:
     if not is_valid_uid(cleaned):
         raise InvalidUID(f"{what} is not a UID (digits and dots, at most 64 characters)")
     return cleaned
+
+
+def _implementation_class_uid() -> str:
+    from models.uids import derived_uid
+
+    return derived_uid("implementation-class", "ich-triage-node")
+
+
+#: Identifies this software in association negotiation (PS3.7 D.3.3.2) and in the File
+#: Meta of the files it writes (PS3.10 7.1): a fixed UID under 2.25, derived from the
+#: project's name so that it never changes between builds.
+IMPLEMENTATION_CLASS_UID: Final = _implementation_class_uid()
+#: Implementation Version Name (SH, at most 16 characters): the package's version.
+IMPLEMENTATION_VERSION_NAME: Final = "ICHNODE_010"

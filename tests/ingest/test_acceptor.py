@@ -25,7 +25,11 @@ from pynetdicom import pdu as ul_pdu
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -34,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
@@ -118,6 +123,7 @@ class RawPeer:
 
     def __init__(self, port: int, timeout: float = 30.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.accepted: A_ASSOCIATE | None = None  # the node's A-ASSOCIATE-AC, once read
 
     def __enter__(self) -> RawPeer:
         return self
@@ -191,6 +197,7 @@ class RawPeer:
         ac = ul_pdu.A_ASSOCIATE_AC()
         ac.decode(got[1])
         primitive = ac.to_primitive()
+        self.accepted = primitive
         return {
             int(cx.context_id): str(cx.transfer_syntax[0])
             for cx in primitive.presentation_context_definition_results_list
@@ -555,3 +562,21 @@ def test_connections_past_the_slack_are_closed_unread(start_node: Callable[..., 
     with RawPeer(node.port) as peer:
         peer.associate()
         assert peer.echo() == 0x0000
+
+
+def test_accept_names_the_node_and_its_maximum_pdu(start_node: Callable[..., Node]) -> None:
+    """The A-ASSOCIATE-AC carries our Implementation Class UID and Version Name (not
+    pynetdicom's: it is not pynetdicom answering) and the configured maximum PDU size."""
+    node = start_node(node={"max_pdu_size": 65536})
+    with RawPeer(node.port) as peer:
+        peer.associate()
+        ac = peer.accepted
+        assert ac is not None
+        assert ac.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+        names = [
+            item.implementation_version_name
+            for item in ac.user_information
+            if isinstance(item, ImplementationVersionNameNotification)
+        ]
+        assert names == [IMPLEMENTATION_VERSION_NAME]
+        assert ac.maximum_length_received == 65536

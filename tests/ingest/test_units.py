@@ -178,6 +178,7 @@ def test_part10_header_matches_what_pydicom_reads(tmp_path: Path) -> None:
     from pydicom.filewriter import write_dataset
 
     from dicom_node.spool import InstanceRef, parse_dataset, part10_header
+    from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     ds = Dataset()
     ds.SOPClassUID = CT
@@ -198,6 +199,8 @@ def test_part10_header_matches_what_pydicom_reads(tmp_path: Path) -> None:
         assert back.file_meta.TransferSyntaxUID == ts
         assert back.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4.5"
         assert back.file_meta.SourceApplicationEntityTitle == "SENDER"
+        assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+        assert back.file_meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
         assert back.Rows == 2
 
 
