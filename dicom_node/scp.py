@@ -1,4 +1,10 @@
-"""The Storage SCP: an AE with every storage SOP class, our transfer syntaxes, TCP_NODELAY.
+"""The SCP's contexts and the pynetdicom engine: an AE with every storage SOP class,
+our transfer syntaxes, TCP_NODELAY.
+
+:func:`build_ae` defines what both receive engines accept (the native acceptor,
+:mod:`dicom_node.acceptor`, negotiates against its contexts); the server and latency
+tuning below serve ``node.engine: pynetdicom``; :func:`set_nodelay` and :func:`echo`
+are shared.
 
 Presentation contexts: all of pynetdicom's storage SOP classes (so a routing rule that
 also sends SR, Secondary Capture or MR never fails an association; those instances are
