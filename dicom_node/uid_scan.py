@@ -18,6 +18,8 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from pydicom.datadict import dictionary_VR
+
 SOP_CLASS_UID: Final = 0x00080016
 SOP_INSTANCE_UID: Final = 0x00080018
 STUDY_UID: Final = 0x0020000D
@@ -50,12 +52,18 @@ def scan_uids(data: bytes | memoryview, implicit_vr: bool) -> dict[int, bytes] |
     a wanted UID that is simply absent is absent from the result.
     """
     view = memoryview(data)
+    if implicit_vr and len(view) >= 6 and _looks_explicit(view[4], view[5]):
+        return None  # pydicom reads a dataset whose first VR looks explicit as explicit
     found: dict[int, bytes] = {}
     try:
         _, complete = _walk(view, 0, implicit_vr, found, depth=0, stop_at=SERIES_UID)
     except (_Unsure, struct.error):
         return None
     return found if complete else None
+
+
+def _looks_explicit(a: int, b: int) -> bool:
+    return 0x41 <= a <= 0x5A and 0x41 <= b <= 0x5A
 
 
 def _walk(
@@ -100,6 +108,8 @@ def _walk(
         if length == _UNDEFINED:
             if vr not in (b"", b"SQ") or depth >= _MAX_DEPTH:
                 raise _Unsure  # explicit UN of undefined length changes encoding inside
+            if not vr and not _implicit_sequence(view, pos, tag):
+                raise _Unsure  # pydicom reads it as a value up to the first delimiter bytes
             pos = _skip_items(view, pos, implicit_vr, depth + 1)
             continue
         if pos + length > end:
@@ -127,5 +137,21 @@ def _skip_items(view: memoryview, pos: int, implicit_vr: bool, depth: int) -> in
             if not ended:
                 raise _Unsure
         else:
-            pos += length
+            # Walked, not skipped: pydicom reads an item's elements and goes on from
+            # where the last one ends, even past the item's length or at a delimiter.
+            item_end = pos + length
+            if item_end > end:
+                raise _Unsure
+            pos, ended = _walk(view[:item_end], pos, implicit_vr, None, depth, stop_at=None)
+            if ended or pos != item_end:
+                raise _Unsure
     raise _Unsure
+
+
+def _implicit_sequence(view: memoryview, pos: int, tag: int) -> bool:
+    """Whether pydicom reads an implicit-VR element of undefined length as a sequence:
+    its dictionary VR is SQ or, for a tag it does not know, an item follows."""
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return pos + 4 <= len(view) and _TAG.unpack_from(view, pos) == (0xFFFE, 0xE000)

@@ -9,6 +9,8 @@ thousands of corrupted variants of a real header.
 from __future__ import annotations
 
 import random
+import struct
+import warnings
 from io import BytesIO
 from pathlib import Path
 
@@ -136,3 +138,91 @@ def test_corrupted_headers_never_disagree_with_pydicom(tmp_path: Path) -> None:
             assert found == expected
             answered += 1
     assert answered > 1000
+
+
+# -- inputs where pydicom reads differently from a plain walk ------------------------------
+
+_CT = b"1.2.840.10008.5.1.4.1.1.2"
+_REAL = {0x00080016: _CT, 0x00080018: b"1.2.3.4", 0x0020000D: b"1.2.3", 0x0020000E: b"1.2.3.9"}
+_FAKE = {0x00080016: _CT, 0x00080018: b"6.6.6", 0x0020000D: b"6.6", 0x0020000E: b"6.6.7"}
+_LONG = {b"OB", b"OW", b"SQ", b"UN", b"UT"}
+
+
+def _el(tag: int, value: bytes, vr: bytes | None = None) -> bytes:
+    """One element, implicit VR (``vr`` None) or explicit VR, value padded to even length."""
+    if len(value) % 2:
+        value += b"\x00"
+    if vr is None:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+    if vr in _LONG:
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _head(tag: int, length: int) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length)
+
+
+def _uids(uids: dict[int, bytes], explicit: bool) -> bytes:
+    return b"".join(_el(tag, value, b"UI" if explicit else None) for tag, value in uids.items())
+
+
+def _never_disagrees(body: bytes, implicit: bool) -> None:
+    found = scan_uids(body, implicit)
+    if found is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about what it works around
+            assert found == _pydicom_uids(body, implicit)
+
+
+def test_explicit_vr_data_on_an_implicit_vr_context_is_left_to_pydicom() -> None:
+    """pydicom reads a dataset whose first element looks explicit as explicit VR even
+    when implicit was negotiated; walked as implicit, an empty first element (length
+    bytes 'CS\\0\\0' = 21315) would send the scan into the pixel data."""
+    body = (
+        _el(0x00080005, b"", b"CS") + _uids(_REAL, explicit=True) + _el(0x00200013, b"1", b"IS")
+        + _el(0x7FE00010, bytes(range(256)) * 200, b"OW")
+    )  # fmt: skip
+    _never_disagrees(body, implicit=True)
+
+
+def test_implicit_undefined_length_element_that_is_no_sequence() -> None:
+    """An implicit-VR element of undefined length whose dictionary VR is not SQ: pydicom
+    takes its value up to the first delimiter bytes, even inside an item's value."""
+    hidden = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + _uids(_FAKE, explicit=False)
+    body = (
+        _head(0x00080012, 0xFFFFFFFF) + _head(0xFFFEE000, 0xFFFFFFFF) + _el(0x00080100, hidden)
+        + _head(0xFFFEE00D, 0) + _head(0xFFFEE0DD, 0) + _uids(_REAL, explicit=False)
+        + _el(0x00200013, b"1")
+    )  # fmt: skip
+    _never_disagrees(body, implicit=True)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_item_whose_element_runs_past_the_item_length(implicit: bool) -> None:
+    """A defined-length item in an undefined-length sequence: pydicom reads the item's
+    last element whole and goes on from its end, not from the item's declared end."""
+    vr = None if implicit else b"UI"
+    number = _el(0x00200013, b"1", None if implicit else b"IS")
+    # Past the item's declared end: what a walk that skips by item length would read.
+    tail = (
+        _head(0xFFFEE0DD, 0) + _el(0x0020000D, _FAKE[0x0020000D], vr)
+        + _el(0x0020000E, _FAKE[0x0020000E], vr) + number
+    )  # fmt: skip
+    inner = (
+        _head(0x00081150, len(tail))
+        if implicit
+        else struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", len(tail))
+    )
+    sequence = (
+        _head(0x00081140, 0xFFFFFFFF)
+        if implicit
+        else struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+    )
+    body = (
+        _el(0x00080016, _REAL[0x00080016], vr) + _el(0x00080018, _REAL[0x00080018], vr)
+        + sequence + _head(0xFFFEE000, len(inner)) + inner + tail + _head(0xFFFEE0DD, 0)
+        + _el(0x0020000D, _REAL[0x0020000D], vr) + _el(0x0020000E, _REAL[0x0020000E], vr)
+        + number
+    )  # fmt: skip
+    _never_disagrees(body, implicit)
