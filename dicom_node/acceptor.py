@@ -80,6 +80,8 @@ APPLICATION_CONTEXT: Final = "1.2.840.10008.3.1.1.1"
 MAX_ASSOCIATE_RQ: Final = 1 << 20
 #: A receive buffer grown past this by one large instance is dropped after it.
 KEEP_BUFFER: Final = 64 << 20
+#: Dataset bytes that are dropped (a refused instance) pass through at most this much.
+DISCARD_BUFFER: Final = 1 << 20
 _ACCEPT_POLL_S: Final = 0.2
 SUCCESS: Final = 0x0000
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5.1
@@ -358,14 +360,16 @@ class Association:
                 keep = pending.command_field == C_STORE_RQ and not oversize
                 if keep and size + frag > self.server.max_instance_bytes:
                     oversize, keep = True, False  # answered Out of Resources at its end
-                start = size if keep else 0
-                if start + frag > len(self._buffer):
-                    grown = bytearray(max(start + frag, 2 * len(self._buffer), 1 << 20))
-                    grown[:start] = self._buffer[:start]
-                    self._buffer = grown
-                with memoryview(self._buffer) as view:
-                    _recv_into(sock, view[start : start + frag])
-                size = start + frag
+                if keep:
+                    if size + frag > len(self._buffer):
+                        grown = bytearray(max(size + frag, 2 * len(self._buffer), 1 << 20))
+                        grown[:size] = self._buffer[:size]
+                        self._buffer = grown
+                    with memoryview(self._buffer) as view:
+                        _recv_into(sock, view[size : size + frag])
+                    size += frag
+                else:  # one fragment may be gigabytes long: read it in bounded pieces
+                    self._discard(frag)
                 if control & 0x02:
                     request, pending = pending, None
                     if oversize:
@@ -384,6 +388,17 @@ class Association:
                     if self._stop:
                         self._abort(source=2, reason=0)
                         return "aborted"
+
+    def _discard(self, n: int) -> None:
+        """Read and drop ``n`` bytes through the receive buffer, growing it to no more
+        than :data:`DISCARD_BUFFER`."""
+        if len(self._buffer) < min(n, DISCARD_BUFFER):
+            self._buffer = bytearray(min(n, DISCARD_BUFFER))
+        with memoryview(self._buffer) as view:
+            while n:
+                piece = min(n, len(view))
+                _recv_into(self.sock, view[:piece])
+                n -= piece
 
     def _answer_without_dataset(self, request: Command, cx_id: int, neg: _Negotiated) -> None:
         if request.command_field == C_CANCEL_RQ:

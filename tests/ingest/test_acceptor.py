@@ -10,6 +10,7 @@ import itertools
 import socket
 import struct
 import threading
+import tracemalloc
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -580,3 +581,28 @@ def test_accept_names_the_node_and_its_maximum_pdu(start_node: Callable[..., Nod
         ]
         assert names == [IMPLEMENTATION_VERSION_NAME]
         assert ac.maximum_length_received == 65536
+
+
+def test_one_huge_fragment_of_a_refused_instance_does_not_grow_memory(
+    start_node: Callable[..., Node], ct_file: Path
+) -> None:
+    """A dataset fragment can be as long as a PDU's 32-bit length; one that is dropped
+    (past max_instance_mb) must be read through a bounded buffer, not allocated whole:
+    otherwise one PDV header makes the node allocate gigabytes."""
+    node = start_node(node={"max_instance_mb": 1})
+    sop_class, sop_instance = _sop(ct_file)
+    huge = p_data((CX_CT, LAST, bytes(32 << 20)))  # built before memory is traced
+    with RawPeer(node.port) as peer:
+        peer.associate()
+        peer.send(p_data((CX_CT, COMMAND | LAST, store_rq(sop_class, sop_instance))))
+        tracemalloc.start()
+        try:
+            peer.send(huge)
+            response, _ = peer.read_response()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert response.Status == 0xA700
+        assert peak < 8 << 20, f"{peak >> 20} MiB allocated to drop one fragment"
+        assert peer.echo() == 0x0000
+    assert node.spool_files() == []
