@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -115,6 +116,13 @@ def _recv(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
+def _writable(sock: socket.socket) -> bool:
+    """Whether ``sock`` takes more bytes without waiting."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
+
+
 @dataclass(frozen=True, slots=True)
 class _Negotiated:
     contexts: dict[int, str]  # accepted context ID -> transfer syntax
@@ -135,6 +143,8 @@ class Association:
         self._busy = False  # inside a store: its Success must not be cut off
         self._stop = False  # abort once the current store is answered
         self._closed = False
+        #: Held while bytes go out, so that an A-ABORT never lands inside a response.
+        self._send_lock = threading.Lock()
         self._buffer = bytearray()
         self.thread = threading.Thread(target=self._run, name="dicom-node-assoc", daemon=True)
 
@@ -165,14 +175,25 @@ class Association:
             if self._closed:
                 return
             self._closed = True
-        with contextlib.suppress(OSError):
-            if self.established or source == 2:
-                self.sock.sendall(abort_pdu(source, reason))
+        # Never wait here: this may be a stop's thread, and a peer that reads nothing
+        # would hold it for network_timeout_s. The A-ABORT goes out only if no response
+        # is being sent (it would land inside it) and the send buffer takes it now.
+        if (self.established or source == 2) and self._send_lock.acquire(blocking=False):
+            try:
+                with contextlib.suppress(OSError, ValueError):
+                    if _writable(self.sock):
+                        self.sock.sendall(abort_pdu(source, reason))
+            finally:
+                self._send_lock.release()
         # Only shut down here: this may run in another thread (a stop) while the
         # association's own thread waits in recv(); shutdown wakes it, and that thread
         # closes the descriptor itself, so it is never closed under a running call.
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
 
     def _close_socket(self) -> None:
         with contextlib.suppress(OSError):
@@ -261,7 +282,7 @@ class Association:
             rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
             out = ul_pdu.A_ASSOCIATE_RJ()
             out.from_primitive(rj)
-            self.sock.sendall(out.encode())
+            self._send(out.encode())
             log.warning(
                 "assoc.rejected",
                 extra={"reason": reason, "calling_aet": calling, "called_aet": called,
@@ -291,7 +312,7 @@ class Association:
         ac.user_information = [max_length, impl_uid, impl_name, *ac_roles]
         out_ac = ul_pdu.A_ASSOCIATE_AC()
         out_ac.from_primitive(ac)
-        self.sock.sendall(out_ac.encode())
+        self._send(out_ac.encode())
         self.established = True
         log.info("assoc.accepted", extra={"calling_aet": calling, "peer": self.peer})
         accepted = {
@@ -321,7 +342,7 @@ class Association:
                 _recv(sock, min(length, 4))
                 with self._lock:
                     self._closed = True
-                sock.sendall(release_rp())
+                self._send(release_rp())
                 return "released"
             if pdu_type == A_ABORT:
                 return "aborted by peer"
@@ -443,7 +464,7 @@ class Association:
 
     def _send_response(self, request: Command, status: int, cx_id: int, neg: _Negotiated) -> None:
         pdus = command_pdus(cx_id, encode_response(request, status), neg.peer_max_pdu)
-        self.sock.sendall(pdus[0] if len(pdus) == 1 else b"".join(pdus))
+        self._send(pdus[0] if len(pdus) == 1 else b"".join(pdus))
 
 
 class Acceptor:

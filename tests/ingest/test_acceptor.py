@@ -6,6 +6,7 @@ the A-ASSOCIATE-RQ and decode the AC/RJ."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import struct
@@ -606,3 +607,27 @@ def test_one_huge_fragment_of_a_refused_instance_does_not_grow_memory(
         assert peak < 8 << 20, f"{peak >> 20} MiB allocated to drop one fragment"
         assert peer.echo() == 0x0000
     assert node.spool_files() == []
+
+
+def test_stop_does_not_wait_on_a_peer_that_reads_no_responses(
+    start_node: Callable[..., Node],
+) -> None:
+    """A peer that sends requests but never reads the answers fills the node's send
+    buffer, and the association's thread waits in a send. A stop must still end that
+    association at once, not wait with it for network_timeout_s."""
+    node = start_node(node={"network_timeout_s": 3600})
+    with RawPeer(node.port) as peer:
+        peer.associate()
+        batch = p_data((CX_ECHO, COMMAND | LAST, echo_rq())) * 512
+        peer.sock.settimeout(5)  # a send that waits this long: the node reads no more
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < 1 << 30:
+                peer.sock.sendall(batch)
+                sent += len(batch)
+        stopper = threading.Thread(
+            target=node.service.stop, kwargs={"grace_s": 3600.0}, daemon=True
+        )
+        stopper.start()
+        stopper.join(120)  # far below both timeouts: stop must not wait them out
+        assert not stopper.is_alive(), "stop waited on an association blocked in a send"
