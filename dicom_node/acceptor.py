@@ -159,7 +159,12 @@ class Association:
             self._stop = True
             if self._busy:
                 return False
-        self._abort(source=2, reason=0)
+            # Closed under the same lock as the busy check: a store cannot start between
+            # them (it checks ``_closed`` under this lock) and end up done but unanswered.
+            first = not self._closed
+            self._closed = True
+        if first:
+            self._send_abort(source=2, reason=0)
         return True
 
     def abort(self) -> None:
@@ -175,6 +180,10 @@ class Association:
             if self._closed:
                 return
             self._closed = True
+        self._send_abort(source, reason)
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        """A-ABORT if it can go out at once, then shut the socket down (``_closed`` set)."""
         # Never wait here: this may be a stop's thread, and a peer that reads nothing
         # would hold it for network_timeout_s. The A-ABORT goes out only if no response
         # is being sent (it would land inside it) and the send buffer takes it now.
@@ -552,7 +561,12 @@ class Acceptor:
             assoc = Association(self, sock, f"{address[0]}:{address[1]}")
             with self._lock:
                 self._active.append(assoc)
-            assoc.thread.start()
+            try:
+                assoc.thread.start()
+            except RuntimeError:  # no thread to be had (process limit): refuse this one
+                self._forget(assoc)
+                sock.close()
+                self._refusals.warning("assoc.connection_refused", reason="no-thread")
         listener.close()
 
     def _count(self) -> int:

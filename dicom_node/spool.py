@@ -165,6 +165,10 @@ def parse_instance(
     return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
+#: Bytes of a deflated dataset inflated to find its UIDs (they precede the pixel data).
+_MAX_INFLATED: Final = 16 << 20
+
+
 def _scanned_ref(found: dict[int, bytes], ts: str) -> InstanceRef:
     def uid(tag: int, what: str) -> str:
         if tag not in found:
@@ -200,7 +204,9 @@ def parse_dataset(
         implicit = ts == ImplicitVRLittleEndian
         body = raw
         if ts == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: raw deflate, no zlib header
-            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+            # Capped: only the header is needed, and a small deflated dataset may
+            # inflate to gigabytes (a deflate bomb must not exhaust memory).
+            body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, _MAX_INFLATED)
         found = scan_uids(body, implicit)
         if found is not None:
             ref = _scanned_ref(found, ts)

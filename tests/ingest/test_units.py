@@ -252,3 +252,42 @@ def test_shutdown_while_a_job_moves_its_deadline_does_not_deadlock(tmp_path: Pat
     study = index.study("1.6")
     assert study is not None
     assert study.state == "receiving"  # rescheduled at the next start
+
+
+def test_a_deflate_bomb_is_inflated_only_as_far_as_the_uids() -> None:
+    """1 GiB of zeros after the UIDs, deflated to about 1 MB: parsed in bounded memory."""
+    import tracemalloc
+    import zlib
+
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from dicom_node.spool import parse_dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = CT
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    size = 1 << 30
+    head = fp.getvalue() + b"\xe0\x7f\x10\x00OB\x00\x00" + size.to_bytes(4, "little")
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [packer.compress(head)]
+    zeros = bytes(1 << 20)
+    parts += [packer.compress(zeros) for _ in range(size >> 20)]
+    parts.append(packer.flush())
+    bomb = b"".join(parts)
+    assert len(bomb) < 2 << 20
+    tracemalloc.start()
+    try:
+        ref = parse_dataset(bomb, "1.2.840.10008.1.2.1.99")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ref.study_uid == "1.2.3"
+    assert ref.series_uid == "1.2.3.4"
+    assert peak < 64 << 20
