@@ -72,7 +72,7 @@ class StorageSection(_Section):
     retention_days: float = Field(7, gt=0)
     #: Write-ahead journal segment size (e.g. 64); 0 = no journal: each file and its folder
     #: are fsynced before Success. The journal pays off where a flush is slow (shared or
-    #: cloud volumes); on a quiet local disk it costs 4-17 % (BENCHMARKS.md, Ingest).
+    #: cloud volumes); on a quiet local disk it costs up to 18 % (BENCHMARKS.md, Ingest).
     journal_segment_mb: int = Field(0, ge=0)
     #: Idle seconds before the journal's files are flushed and its segment recycled.
     journal_checkpoint_s: float = Field(2.0, gt=0)
