@@ -25,18 +25,17 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Final
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import (
-    UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
@@ -47,7 +46,14 @@ from pydicom.uid import (
 from dicom_node.errors import NodeError
 from dicom_node.index import Index, InstanceRow, Recorded
 from dicom_node.journal import Journal, make_folders, recover, write_file
-from dicom_node.uid_scan import SERIES_UID, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_UID, scan_uids
+from dicom_node.uid_scan import (
+    SERIES_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_UID,
+    WANTED,
+    scan_uids,
+)
 from dicom_node.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -107,23 +113,36 @@ class InstanceRef:
         return f"{self.study_uid}/{self.series_uid}/{self.sop_uid}.dcm"
 
 
-def _raw_uid(ds: Dataset, tag: int, what: str) -> str:
-    """A UID element's value, taken raw: pydicom's own validation of a bad value warns
+def _make_ref(raw_values: Mapping[int, object], transfer_syntax: str) -> InstanceRef:
+    """An :class:`InstanceRef` from the raw values of the four UID elements (by tag),
+    whether a header walk or pydicom read them; each is checked before it can name a
+    path."""
+
+    def uid(tag: int, what: str) -> str:
+        value = raw_values.get(tag)
+        if value is None:
+            raise InvalidUID(f"{what} is missing")
+        return check_uid(value, what)
+
+    return InstanceRef(
+        study_uid=uid(STUDY_UID, "Study Instance UID"),
+        series_uid=uid(SERIES_UID, "Series Instance UID"),
+        sop_uid=uid(SOP_INSTANCE_UID, "SOP Instance UID"),
+        sop_class_uid=uid(SOP_CLASS_UID, "SOP Class UID"),
+        transfer_syntax=transfer_syntax,
+    )
+
+
+def _raw_values(ds: Dataset) -> dict[int, object]:
+    """The UID elements' values, taken raw: pydicom's own validation of a bad value warns
     with the value in the message, and a warning is not ours to log."""
-    elem = ds.get_item(tag)
-    if elem is None:
-        raise InvalidUID(f"{what} is missing")
-    return check_uid(elem.value, what)
+    return {tag: elem.value for tag in WANTED if (elem := ds.get_item(tag)) is not None}
 
 
 def _ref_from(ds: Dataset) -> InstanceRef:
-    return InstanceRef(
-        study_uid=_raw_uid(ds, STUDY_UID, "Study Instance UID"),
-        series_uid=_raw_uid(ds, SERIES_UID, "Series Instance UID"),
-        sop_uid=_raw_uid(ds, SOP_INSTANCE_UID, "SOP Instance UID"),
-        sop_class_uid=_raw_uid(ds, SOP_CLASS_UID, "SOP Class UID"),
-        transfer_syntax=check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID"),
-    )
+    """The reference of a Part 10 dataset (its transfer syntax from the File Meta)."""
+    ts = check_uid(ds.file_meta.get("TransferSyntaxUID"), "Transfer Syntax UID")
+    return _make_ref(_raw_values(ds), ts)
 
 
 def _stop_after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -169,21 +188,6 @@ def parse_instance(
 _MAX_INFLATED: Final = 16 << 20
 
 
-def _scanned_ref(found: dict[int, bytes], ts: str) -> InstanceRef:
-    def uid(tag: int, what: str) -> str:
-        if tag not in found:
-            raise InvalidUID(f"{what} is missing")
-        return check_uid(found[tag], what)
-
-    return InstanceRef(
-        study_uid=uid(STUDY_UID, "Study Instance UID"),
-        series_uid=uid(SERIES_UID, "Series Instance UID"),
-        sop_uid=uid(SOP_INSTANCE_UID, "SOP Instance UID"),
-        sop_class_uid=uid(SOP_CLASS_UID, "SOP Class UID"),
-        transfer_syntax=ts,
-    )
-
-
 def parse_dataset(
     raw: bytes | memoryview,
     transfer_syntax: str,
@@ -207,16 +211,11 @@ def parse_dataset(
             # Capped: only the header is needed, and a small deflated dataset may
             # inflate to gigabytes (a deflate bomb must not exhaust memory).
             body = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, _MAX_INFLATED)
-        found = scan_uids(body, implicit)
-        if found is not None:
-            ref = _scanned_ref(found, ts)
-        else:
-            ds = read_dataset(
-                BytesIO(body), implicit, True, stop_when=_stop_after_series_uid
-            )  # fmt: skip
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = UID(ts)
-            ref = _ref_from(ds)
+        values: Mapping[int, object] | None = scan_uids(body, implicit)
+        if values is None:  # the walk is unsure: pydicom reads the header
+            ds = read_dataset(BytesIO(body), implicit, True, stop_when=_stop_after_series_uid)
+            values = _raw_values(ds)
+        ref = _make_ref(values, ts)
     except InvalidUID as exc:
         raise BadInstance(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
