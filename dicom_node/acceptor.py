@@ -61,6 +61,7 @@ from dicom_node.dimse import (
     P_DATA_TF,
     PDU_HEADER,
     PDV_HEADER,
+    SOP_CLASS_NOT_SUPPORTED,
     UNRECOGNIZED_OPERATION,
     Command,
     ProtocolError,
@@ -71,7 +72,7 @@ from dicom_node.dimse import (
     release_rp,
 )
 from dicom_node.scp import set_nodelay
-from dicom_node.spool import RateLimitedLog
+from dicom_node.spool import OUT_OF_RESOURCES, SUCCESS, RateLimitedLog
 from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,6 @@ KEEP_BUFFER: Final = 64 << 20
 #: Dataset bytes that are dropped (a refused instance) pass through at most this much.
 DISCARD_BUFFER: Final = 1 << 20
 _ACCEPT_POLL_S: Final = 0.2
-SUCCESS: Final = 0x0000
-SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5.1
-OUT_OF_RESOURCES: Final = 0xA700  # PS3.4 B.2.3
 
 
 class StoreFunction(Protocol):
@@ -339,7 +337,7 @@ class Association:
         """The P-DATA loop; returns how the association ended."""
         sock = self.sock
         command = bytearray()
-        pending: Command | None = None  # a C-STORE-RQ whose dataset is arriving
+        pending: Command | None = None  # a request whose dataset is arriving
         pending_cx = 0
         oversize = False  # the pending instance passed node.max_instance_mb: dropped
         size = 0  # dataset bytes received so far into self._buffer

@@ -27,6 +27,8 @@ C_CANCEL_RQ: Final = 0x0FFF
 NO_DATASET: Final = 0x0101
 #: Status: the requested operation is not supported by this SCP (PS3.7 C.4.2).
 UNRECOGNIZED_OPERATION: Final = 0x0211
+#: Status: refused, SOP class not supported (PS3.7 C.5.1), e.g. on another class's context.
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 
 #: A command set larger than this is not a C-STORE or C-ECHO request; refuse it.
 MAX_COMMAND_BYTES: Final = 64 * 1024

@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 from dicom_node.index import IndexDBError
 from dicom_node.logs import study_key
 from dicom_node.spool import (
+    CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
     SUCCESS,
     BadInstance,
@@ -35,7 +36,6 @@ from dicom_node.spool import (
 
 log = logging.getLogger(__name__)
 
-CANNOT_UNDERSTAND = 0xC000
 
 #: Called after a Success is decided (the scheduler's debounced deadline); must not raise.
 StoredCallback = Callable[[Stored], None]

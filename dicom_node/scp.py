@@ -225,11 +225,17 @@ class NodelayAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def build_ae(node: NodeSection) -> AE:
-    """An AE configured from ``node``: title, limits, timeouts, contexts, AE checks."""
-    ae = AE(ae_title=node.ae_title)
+def node_ae(ae_title: str) -> AE:
+    """A pynetdicom AE that names this software (not pynetdicom) in its associations."""
+    ae = AE(ae_title=ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return ae
+
+
+def build_ae(node: NodeSection) -> AE:
+    """An AE configured from ``node``: title, limits, timeouts, contexts, AE checks."""
+    ae = node_ae(node.ae_title)
     ae.maximum_associations = node.max_associations
     ae.acse_timeout = node.acse_timeout_s
     ae.dimse_timeout = node.dimse_timeout_s
@@ -274,9 +280,7 @@ def echo(
     host: str, port: int, ae_title: str, *, calling_aet: str = "ICHNODE", timeout_s: float = 30
 ) -> int | None:
     """C-ECHO a peer; returns its status (0x0000 is Success) or None if no association."""
-    ae = AE(ae_title=calling_aet)
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae = node_ae(calling_aet)
     ae.acse_timeout = timeout_s
     ae.dimse_timeout = timeout_s
     ae.network_timeout = timeout_s

@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -44,7 +44,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import Destination
 from dicom_node.errors import PermanentError, TransientError
-from dicom_node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.scp import node_ae
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +223,7 @@ def associate(
     association results. The caller must ``release()`` the returned association.
     """
     t = timeouts or ScuTimeouts()
-    ae = AE(ae_title=calling_ae_title)
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae = node_ae(calling_ae_title)
     ae.connection_timeout = t.connect_s
     ae.acse_timeout = t.acse_s
     ae.dimse_timeout = t.dimse_s
