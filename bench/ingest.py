@@ -256,7 +256,7 @@ def durable_write_ms(files: list[Path]) -> float:
     estimates what storescp would reach if it kept that promise (see :func:`report`): the
     ceiling the durability requirement puts on a one-association ratio to storescp.
     """
-    from dicom_node.journal import fsync_dir
+    from dicom_node.journal import write_file  # the node's own durable write
 
     blobs = [f.read_bytes() for f in files]
     with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-floor-") as d:
@@ -264,15 +264,7 @@ def durable_write_ms(files: list[Path]) -> float:
         folder.mkdir(parents=True)
         t0 = time.perf_counter()
         for i, blob in enumerate(blobs):
-            tmp = folder / f".{i}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                os.write(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(folder / f"{i}.dcm")
-            fsync_dir(folder)
+            write_file(folder / f"{i}.dcm", (blob,), durable=True)
         return (time.perf_counter() - t0) / len(blobs) * 1e3
 
 
