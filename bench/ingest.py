@@ -256,7 +256,7 @@ def durable_write_ms(files: list[Path]) -> float:
     estimates what storescp would reach if it kept that promise (see :func:`report`): the
     ceiling the durability requirement puts on a one-association ratio to storescp.
     """
-    from dicom_node.journal import write_file  # the node's own durable write
+    from dicom_node.store.journal import write_file  # the node's own durable write
 
     blobs = [f.read_bytes() for f in files]
     with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-floor-") as d:

@@ -117,7 +117,7 @@ def studies(
     state: Annotated[list[str] | None, typer.Option(help="only these states")] = None,
 ) -> None:
     """List the studies in the index with state, counts, times and reasons."""
-    from dicom_node.index import Index, iso
+    from dicom_node.store.index import Index, iso
 
     settings = _settings(config)
     try:
@@ -150,7 +150,7 @@ def echo(
 ) -> None:
     """C-ECHO a DICOM peer (exit 0 on Success)."""
     from dicom_node.logs import quiet_pynetdicom
-    from dicom_node.scp import echo as do_echo
+    from dicom_node.net.scp import echo as do_echo
 
     quiet_pynetdicom()
     status = do_echo(host, port, aet, calling_aet=calling_aet, timeout_s=timeout)
@@ -166,10 +166,10 @@ def echo(
 @app.command()
 def reindex(config: ConfigOpt = None) -> None:
     """Rebuild the study index from the spool files alone (run with the node stopped)."""
-    from dicom_node.index import Index
     from dicom_node.logs import setup_logging
-    from dicom_node.spool import Spool
-    from dicom_node.spool import reindex as do_reindex
+    from dicom_node.store.index import Index
+    from dicom_node.store.spool import Spool
+    from dicom_node.store.spool import reindex as do_reindex
 
     settings = _settings(config)
     setup_logging(settings.logging.level)

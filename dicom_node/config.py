@@ -44,7 +44,7 @@ class NodeSection(_Section):
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
     max_pdu_size: int = Field(262144, ge=0)
-    #: Who speaks DICOM on the wire: ``native`` (:mod:`dicom_node.acceptor`, the fast
+    #: Who speaks DICOM on the wire: ``native`` (:mod:`dicom_node.net.acceptor`, the fast
     #: path) or ``pynetdicom`` (its threaded server; a fallback should a peer ever need it).
     engine: Literal["native", "pynetdicom"] = "native"
     #: Largest instance the native engine takes (it holds one in memory while it

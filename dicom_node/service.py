@@ -2,7 +2,7 @@
 
 Start-up order matters for "never lose an acknowledged image":
 
-1. open the index, build the spool, and :meth:`~dicom_node.spool.Spool.reconcile` it
+1. open the index, build the spool, and :meth:`~dicom_node.store.spool.Spool.reconcile` it
    (files an OS crash kept but the index lost are indexed again);
 2. load the checkpoint (once), start the inference worker (it requeues studies a crash
    left ``processing``), register the assembler and the deliverer, then start the
@@ -28,22 +28,10 @@ from typing import TYPE_CHECKING, Final
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
 
-from dicom_node.acceptor import Acceptor
-from dicom_node.assembly import (
-    Assembler,
-    CompletionHook,
-    register_runtime,
-    registered_hooks,
-    unregister_runtime,
-)
 from dicom_node.config import Settings
-from dicom_node.delivery import (
-    Deliverer,
-    DeliverySettings,
-    register_deliverer,
-    unregister_deliverer,
-)
-from dicom_node.handlers import (
+from dicom_node.logs import quiet_pynetdicom
+from dicom_node.net.acceptor import Acceptor
+from dicom_node.net.handlers import (
     BusyAssociations,
     RejectLogger,
     StoreHandler,
@@ -51,15 +39,27 @@ from dicom_node.handlers import (
     log_accepted,
     log_released,
 )
-from dicom_node.index import Index
-from dicom_node.logs import quiet_pynetdicom
-from dicom_node.scheduler import StudyScheduler
-from dicom_node.scp import NodelayAssociationServer, build_ae, start_server
-from dicom_node.scu import ScuTimeouts
-from dicom_node.spool import Spool, Stored
+from dicom_node.net.scp import NodelayAssociationServer, build_ae, start_server
+from dicom_node.net.scu import ScuTimeouts
+from dicom_node.pipeline.assembly import (
+    Assembler,
+    CompletionHook,
+    register_runtime,
+    registered_hooks,
+    unregister_runtime,
+)
+from dicom_node.pipeline.delivery import (
+    Deliverer,
+    DeliverySettings,
+    register_deliverer,
+    unregister_deliverer,
+)
+from dicom_node.pipeline.scheduler import StudyScheduler
+from dicom_node.store.index import Index
+from dicom_node.store.spool import Spool, Stored
 
 if TYPE_CHECKING:  # torch is imported only when inference is enabled (receive-only: ~100 MB)
-    from dicom_node.worker import InferenceWorker
+    from dicom_node.pipeline.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class Service:
         Studies then wait in ``queued`` (with the reason) until a node with a valid
         checkpoint starts: nothing acknowledged is lost because a model file is missing.
         """
-        from dicom_node.worker import InferenceWorker
+        from dicom_node.pipeline.worker import InferenceWorker
         from models.errors import ModelsError
         from models.predict import Predictor
 

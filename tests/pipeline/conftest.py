@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest.helpers import ORTHANC, PEER_ENV, Node, Orthanc, running_nodes, wait_for
+from nodes import ORTHANC, PEER_ENV, Node, Orthanc, running_nodes, wait_for
 from peers import free_port
 from pipeline.support import RecordingPacs, make_checkpoint, pipeline_config, start_pacs
 

@@ -1,7 +1,7 @@
 """Helpers for the pipeline tests: random-init checkpoints, a recording PACS, node configs.
 
 Everything here drives real peers (pynetdicom Storage SCPs on loopback, Orthanc, the node
-itself); the ingest helpers (``ingest.helpers``) are reused, not copied.
+itself); the receive-path helpers (``nodes``) are reused, not copied.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pydicom
 import yaml
-from ingest.helpers import SENTINEL_ID, SENTINEL_NAME, write_config
+from nodes import SENTINEL_ID, SENTINEL_NAME, write_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event

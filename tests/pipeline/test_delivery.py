@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ingest.helpers import Node, storescu
+from nodes import Node, storescu
 from peers import free_port
 from pipeline.support import RecordingPacs, assert_no_phi, destination, phantom
 from pipeline.test_worker import FINAL, wait_study
 
-from dicom_node.delivery import delivery_job_id
+from dicom_node.pipeline.delivery import delivery_job_id
 
 
 # pynetdicom 3.0.4 drops (does not close) its socket when connect() fails; CPython closes

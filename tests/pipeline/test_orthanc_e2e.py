@@ -9,14 +9,14 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-from ingest.helpers import NODE_AET, Node, Orthanc, wait_for
+from nodes import NODE_AET, Node, Orthanc, wait_for
 from peers import dciodvfy_errors
 from pipeline.support import EXPECTED_PRESENT, assert_no_phi, destination, http_bytes, phantom
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
-from dicom_node.codes import PRIVATE_SCHEME
+from dicom_node.results.codes import PRIVATE_SCHEME
 from models.labels import LABELS
 
 #: Finding type per label, as the issue specifies it: (code value, scheme).

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest.helpers import ServeProcess, storescu, wait_for
+from nodes import ServeProcess, storescu, wait_for
 from pipeline.support import (
     RecordingPacs,
     assert_no_phi,

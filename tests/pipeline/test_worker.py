@@ -16,7 +16,7 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import torch
-from ingest.helpers import Node, storescu, wait_for
+from nodes import Node, storescu, wait_for
 from pipeline.support import (
     EXPECTED_PRESENT,
     RecordingPacs,
@@ -27,7 +27,7 @@ from pipeline.support import (
 )
 from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage, SecondaryCaptureImageStorage
 
-from dicom_node.index import StudyRow
+from dicom_node.store.index import StudyRow
 from models.labels import LABELS
 
 FINAL = ("done", "failed", "skipped")

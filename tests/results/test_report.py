@@ -21,9 +21,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from results.results_support import SENTINEL_ID, SENTINEL_NAME, make_prediction
 
-from dicom_node.codes import PRIVATE_SCHEME
-from dicom_node.report import ReportError, build_results, result_uids
-from dicom_node.report_sc import SIZE
+from dicom_node.results.codes import PRIVATE_SCHEME
+from dicom_node.results.report import ReportError, build_results, result_uids
+from dicom_node.results.sc import SIZE
 from models.checkpoint import CheckpointMeta
 from models.dicom_io import CTSeries
 from models.labels import LABELS

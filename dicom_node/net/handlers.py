@@ -1,0 +1,220 @@
+"""pynetdicom event handlers: answer fast, never raise.
+
+Each handler is bound once as ``(event, handler)`` and returns a DICOM status. The
+C-STORE handler never decodes pixels, runs a model or opens a connection: it reads the
+UIDs, stores the bytes durably (:meth:`dicom_node.store.spool.Spool.put`) and answers.
+Statuses (PS3.4 B.2.3): 0x0000 Success only once the file and its index row are
+durable; 0xA700 Out of Resources when the disk guard refuses or a write fails (the
+sender keeps its copy and may retry); 0xA900 / 0xC000 for a dataset we cannot place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+
+from dicom_node.logs import study_key
+from dicom_node.store.index import IndexDBError
+from dicom_node.store.spool import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    BadInstance,
+    Spool,
+    SpoolFull,
+    Stored,
+    parse_dataset,
+    part10_header,
+)
+
+log = logging.getLogger(__name__)
+
+
+#: Called after a Success is decided (the scheduler's debounced deadline); must not raise.
+StoredCallback = Callable[[Stored], None]
+
+
+def _calling_aet(event: Event) -> str:
+    try:
+        return str(event.assoc.requestor.ae_title)
+    except AttributeError:
+        return ""
+
+
+class BusyAssociations:
+    """Which associations are inside a C-STORE handler right now.
+
+    A graceful stop waits for these (their image is being made durable) but may abort an
+    idle association at once: a PACS often keeps one open for reuse, and waiting for it
+    would hold shutdown for the whole grace period. Nothing unacknowledged is lost: a
+    sender retries what it got no Success for.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[int, int] = {}
+
+    def enter(self, assoc: object) -> None:
+        with self._lock:
+            self._busy[id(assoc)] = self._busy.get(id(assoc), 0) + 1
+
+    def leave(self, assoc: object) -> None:
+        with self._lock:
+            n = self._busy.get(id(assoc), 0) - 1
+            if n > 0:
+                self._busy[id(assoc)] = n
+            else:
+                self._busy.pop(id(assoc), None)
+
+    def is_busy(self, assoc: object) -> bool:
+        with self._lock:
+            return id(assoc) in self._busy
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHandler:
+    """EVT_C_STORE: validate, store durably, index, then Success."""
+
+    spool: Spool
+    hash_key: str
+    on_stored: StoredCallback | None = None
+    busy: BusyAssociations | None = None
+
+    def __call__(self, event: Event) -> int:
+        if self.busy is None:
+            return self._store(event)
+        self.busy.enter(event.assoc)
+        try:
+            return self._store(event)
+        finally:
+            self.busy.leave(event.assoc)
+
+    def _store(self, event: Event) -> int:
+        try:
+            raw = event.encoded_dataset(include_meta=False)
+            req = cast(C_STORE, event.request)
+            sop_class = str(req.AffectedSOPClassUID or "").rstrip("\x00 ") or None
+            sop_instance = str(req.AffectedSOPInstanceUID or "").rstrip("\x00 ") or None
+            transfer_syntax = str(event.context.transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - a handler never raises: pynetdicom would abort
+            log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
+            return CANNOT_UNDERSTAND
+        return self.store(raw, transfer_syntax, sop_class, sop_instance, _calling_aet(event))
+
+    def store(
+        self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
+        sop_instance: str | None, calling_aet: str,
+    ) -> int:  # fmt: skip
+        """Store one dataset as it came over the wire; returns the DIMSE status.
+
+        Both receive engines end here: the native acceptor passes a view of its receive
+        buffer (valid until this returns), pynetdicom's handler the encoded dataset.
+        """
+        try:
+            ref = parse_dataset(
+                data, transfer_syntax, command_sop_class=sop_class,
+                command_sop_instance=sop_instance,
+            )  # fmt: skip
+            header = part10_header(ref, calling_aet)
+        except BadInstance as exc:
+            log.warning(
+                "store.rejected",
+                extra={"status": f"0x{exc.status:04X}", "error": str(exc),
+                       "calling_aet": calling_aet},
+            )  # fmt: skip
+            return exc.status
+        except Exception as exc:  # noqa: BLE001 - a handler never raises
+            log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
+            return CANNOT_UNDERSTAND
+        try:
+            stored = self.spool.put(ref, data, header=header)
+        except SpoolFull:
+            return OUT_OF_RESOURCES  # logged once a minute by the spool's guard
+        except (OSError, IndexDBError, sqlite3.Error) as exc:
+            log.error(
+                "store.failed",
+                extra={"stage": "write", "error": type(exc).__name__,
+                       "study": study_key(ref.study_uid, self.hash_key)},
+            )  # fmt: skip
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - never raise into pynetdicom
+            log.error("store.failed", extra={"stage": "write", "error": type(exc).__name__})
+            return OUT_OF_RESOURCES
+        if not stored.recorded.inserted:
+            log.info("store.duplicate", extra={"study": study_key(ref.study_uid, self.hash_key)})
+        elif stored.recorded.new_study or stored.recorded.reopened:
+            log.info(
+                "study.reopened" if stored.recorded.reopened else "study.receiving",
+                extra={
+                    "study": study_key(ref.study_uid, self.hash_key),
+                    "generation": stored.recorded.generation,
+                    "calling_aet": calling_aet,
+                },
+            )
+        if self.on_stored is not None and stored.recorded.inserted:
+            try:
+                self.on_stored(stored)
+            except Exception as exc:  # noqa: BLE001 - the image is safe; start-up reconciliation reschedules
+                log.error("store.notify_failed", extra={"error": type(exc).__name__})
+        return SUCCESS
+
+
+def handle_echo(event: Event) -> int:
+    """EVT_C_ECHO: Verification SOP Class (PS3.4 Annex A) always succeeds."""
+    return SUCCESS
+
+
+@dataclass(frozen=True, slots=True)
+class RejectLogger:
+    """EVT_REJECTED: say why, per PS3.8 7.1.1.9 reasons, without any patient data."""
+
+    ae_title: str
+    allowed_calling: Sequence[str] = field(default_factory=tuple)
+    require_called: bool = True
+
+    def __call__(self, event: Event) -> None:
+        calling = _calling_aet(event)
+        try:
+            primitive = event.assoc.requestor.primitive
+            called = str(primitive.called_ae_title).strip() if primitive is not None else ""
+        except AttributeError:
+            called = ""
+        # Same order as pynetdicom's ACSE: a wrong called AE overrides the calling check.
+        reason = "local-limit-exceeded"
+        if self.allowed_calling and calling.strip() not in self.allowed_calling:
+            reason = "calling-ae-not-recognised"
+        if self.require_called and called != self.ae_title:
+            reason = "called-ae-not-recognised"
+        log.warning(
+            "assoc.rejected",
+            extra={"reason": reason, "calling_aet": calling, "called_aet": called,
+                   "peer": _peer(event)},
+        )  # fmt: skip
+
+
+def _peer(event: Event) -> str:
+    try:
+        info = event.assoc.requestor.address_info
+        return f"{info.address}:{info.port}" if info is not None else ""
+    except AttributeError:
+        return ""
+
+
+def log_accepted(event: Event) -> None:
+    """EVT_ACCEPTED: one line per association (peer AE and address only)."""
+    log.info("assoc.accepted", extra={"calling_aet": _calling_aet(event), "peer": _peer(event)})
+
+
+def log_released(event: Event) -> None:
+    """EVT_RELEASED / EVT_ABORTED: the association ended (a study may still continue)."""
+    log.info(
+        "assoc.ended",
+        extra={"calling_aet": _calling_aet(event), "how": event.event.name, "peer": _peer(event)},
+    )

@@ -1,0 +1,224 @@
+"""Deliveries of results to PACS: durable, retried with backoff, once per destination.
+
+Each (study, destination) has one row in the index's ``deliveries`` table and, while
+``pending``, one persistent APScheduler job ``deliver:<study digest>:<destination>``. A job
+sends the saved SR/SC files (:func:`dicom_node.net.scu.send`) and then:
+
+* success -> ``sent`` (the same files, hence the same SOP Instance UIDs, are never sent
+  again for this generation);
+* transient failure (refused, timeout, abort, 0xA7xx) -> attempts + 1 and a new job at
+  ``now + backoff`` (exponential), until ``max_attempts`` -> ``failed``;
+* permanent failure (our AE rejected, 0xC0xx) -> ``failed`` after one attempt.
+
+Never N files x M attempts in a tight loop: one association per attempt, one attempt
+per job. Jobs carry only UIDs, the destination name and the runtime key, so they run
+in a restarted node; a ``pending`` row without a job is rescheduled at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from dicom_node.config import Destination
+from dicom_node.logs import study_key
+from dicom_node.net.scu import (
+    PermanentDeliveryError,
+    ScuTimeouts,
+    TransientDeliveryError,
+    backoff_seconds,
+    send,
+)
+from dicom_node.pipeline.runtimes import Runtimes
+from dicom_node.pipeline.scheduler import job_key
+from dicom_node.store.index import DeliveryRow, DeliveryState, Index
+
+log = logging.getLogger(__name__)
+
+DELIVER_FUNC: Final = "dicom_node.pipeline.delivery:run_delivery_job"
+
+
+def delivery_job_id(study_uid: str, destination: str) -> str:
+    return f"deliver:{job_key(study_uid)}:{destination}"
+
+
+class JobScheduler(Protocol):
+    """What delivery needs of the scheduler (a Protocol so the two stay decoupled)."""
+
+    def schedule_job(
+        self, func: str, job_id: str, at: float, args: list[str], *, name: str
+    ) -> None: ...
+
+    def has_job(self, job_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    calling_ae_title: str
+    timeouts: ScuTimeouts
+
+
+class Deliverer:
+    """Sends results of one node to its configured destinations."""
+
+    def __init__(
+        self,
+        index: Index,
+        scheduler: JobScheduler,
+        destinations: list[Destination],
+        settings: DeliverySettings,
+        *,
+        runtime_key: str,
+        hash_key: str,
+    ) -> None:
+        self.index = index
+        self.scheduler = scheduler
+        self.destinations = {d.name: d for d in destinations}
+        self.settings = settings
+        self.runtime_key = runtime_key
+        self.hash_key = hash_key
+        self._lock = threading.Lock()
+
+    def enqueue(self, study_uid: str, generation: int, files: dict[str, Path]) -> None:
+        """New results of ``generation``: one pending delivery per destination, sent now."""
+        for dest in self.destinations.values():
+            if not any(kind in files for kind in dest.send):
+                continue
+            self.index.set_delivery(study_uid, dest.name, generation, "pending", 0, None)
+            self._schedule(study_uid, dest.name, time.time())
+
+    def reconcile(self) -> int:
+        """At start-up: give every pending delivery without a job one (after a crash or a
+        lost job store), and enqueue the results of ``done`` studies whose deliveries were
+        never enqueued (a crash between recording a result and enqueuing its delivery)."""
+        n = 0
+        for row in self.index.deliveries(states=("pending",)):
+            if not self.scheduler.has_job(delivery_job_id(row.study_uid, row.destination)):
+                self._schedule(row.study_uid, row.destination, time.time())
+                n += 1
+        if n:
+            log.info("delivery.rescheduled", extra={"n": n})
+        lost = 0
+        for study in self.index.studies(("done",)):
+            result = self.index.result(study.study_uid)
+            if result is None:
+                continue
+            generation = int(result["generation"])
+            if any(d.generation == generation for d in study.deliveries):
+                continue  # enqueued for this generation (whatever became of it)
+            files = {str(k): Path(v) for k, v in result["files"].items()}
+            self.enqueue(study.study_uid, generation, files)
+            lost += 1
+        if lost:
+            log.info("delivery.enqueued_at_start", extra={"studies": lost})
+        return n + lost
+
+    def _schedule(self, study_uid: str, destination: str, at: float) -> None:
+        self.scheduler.schedule_job(
+            DELIVER_FUNC,
+            delivery_job_id(study_uid, destination),
+            at,
+            [study_uid, destination, self.runtime_key],
+            name="deliver",
+        )
+
+    def attempt(self, study_uid: str, destination: str) -> str:
+        """One delivery attempt; returns the resulting state (or ``skip``)."""
+        with self._lock:  # one attempt per (node) at a time: no duplicate sends of a row
+            return self._attempt(study_uid, destination)
+
+    def _attempt(self, study_uid: str, destination: str) -> str:
+        key = study_key(study_uid, self.hash_key)
+        row = self.index.delivery(study_uid, destination)
+        dest = self.destinations.get(destination)
+        if row is None or row.state != "pending":
+            return "skip"
+        if dest is None:
+            self._record(row, "failed", row.attempts, "destination no longer configured", key)
+            return "failed"
+        result = self.index.result(study_uid)
+        if result is None or int(result["generation"]) != row.generation:
+            self._record(row, "failed", row.attempts, "superseded by a newer result", key)
+            return "failed"
+        files = [Path(result["files"][k]) for k in dest.send if k in result["files"]]
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            self._record(row, "failed", row.attempts, "result files are missing", key)
+            return "failed"
+        attempts = row.attempts + 1
+        try:
+            res = send(
+                dest,
+                files,
+                calling_ae_title=self.settings.calling_ae_title,
+                timeouts=self.settings.timeouts,
+            )
+        except TransientDeliveryError as exc:
+            if attempts >= dest.max_attempts:
+                self._record(row, "failed", attempts, f"gave up after {attempts}: {exc}", key)
+                return "failed"
+            delay = backoff_seconds(attempts, dest.retry_base_s, dest.retry_cap_s)
+            self._record(row, "pending", attempts, str(exc), key, retry_in=delay)
+            self._schedule(study_uid, destination, time.time() + delay)
+            return "pending"
+        except PermanentDeliveryError as exc:
+            self._record(row, "failed", attempts, str(exc), key)
+            return "failed"
+        self._record(row, "sent", attempts, None, key, seconds=res.elapsed_s)
+        return "sent"
+
+    def _record(
+        self,
+        row: DeliveryRow,
+        state: DeliveryState,
+        attempts: int,
+        error: str | None,
+        key: str,
+        *,
+        retry_in: float | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        self.index.set_delivery(
+            row.study_uid, row.destination, row.generation, state, attempts, error
+        )
+        fields: dict[str, object] = {
+            "study": key,
+            "destination": row.destination,
+            "state": state,
+            "attempts": attempts,
+        }
+        if error:
+            fields["error"] = error
+        if retry_in is not None:
+            fields["retry_in_s"] = round(retry_in, 1)
+        if seconds is not None:
+            fields["send_s"] = round(seconds, 3)
+        level = logging.INFO if state == "sent" else logging.WARNING
+        log.log(level, "delivery.attempt", extra=fields)
+
+
+DELIVERERS: Runtimes[Deliverer] = Runtimes()
+
+
+def register_deliverer(key: str, deliverer: Deliverer) -> None:
+    DELIVERERS.register(key, deliverer)
+
+
+def unregister_deliverer(key: str) -> None:
+    DELIVERERS.unregister(key)
+
+
+def run_delivery_job(study_uid: str, destination: str, runtime_key: str) -> None:
+    """Job body of ``deliver:<study digest>:<destination>`` (module-level, so it pickles)."""
+    deliverer = DELIVERERS.get(runtime_key)
+    if deliverer is None:
+        log.warning("delivery.job_orphaned", extra={"runtime": runtime_key})
+        return
+    try:
+        deliverer.attempt(study_uid, destination)
+    except Exception as exc:  # noqa: BLE001 - top of a job: the row stays pending, reconciled
+        log.error("delivery.crashed", extra={"error": type(exc).__name__})

@@ -1,0 +1,340 @@
+"""The processing queue and the one inference worker that owns the model.
+
+Complete studies become ``queued`` in the index (nothing is held only in memory, so a
+restart resumes them); ``processing`` studies found at start-up were interrupted and go
+back to ``queued``. Two threads form a two-stage pipeline:
+
+* **prepare**: claims the oldest queued study (``processing``), chooses the series
+  (:func:`models.series_choice.choose_series`), reads it to HU and builds the model
+  input; a study with no eligible series ends ``skipped`` with the reason;
+* **infer**: runs the model, builds SR + SC (:mod:`dicom_node.results.report`), saves them,
+  records the findings (``done``) and hands the files to delivery.
+
+At most one prepared study waits while another is inferred, so decoding and
+preprocessing of the next study overlap inference of the current one without holding
+more than two series in memory. A corrupt slice fails only its study (``failed`` with a
+reason); the node keeps serving. Every state change is guarded by the study's
+generation: a study reopened by late instances while it was processed is not
+overwritten, it is processed again when it completes again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+import pydicom
+import torch
+from pydicom.dataset import Dataset
+
+from dicom_node.errors import NodeError
+from dicom_node.logs import study_key
+from dicom_node.results.common import ResultUIDs
+from dicom_node.results.report import build_results, warm_up
+from dicom_node.store.index import Index, StudyRow, StudyState
+from models.dicom_io import CTSeries, read_series, scan_headers
+from models.errors import ModelsError
+from models.predict import Predictor
+from models.series_choice import choose_series
+
+log = logging.getLogger(__name__)
+
+#: How long an idle worker sleeps before looking at the index again (a wake-up event
+#: normally arrives first; this only bounds the delay if one is ever missed).
+IDLE_POLL_S: Final = 5.0
+
+#: ``deliver(study_uid, generation, {"sr": path, "sc": path})``
+DeliverFn = Callable[[str, int, dict[str, Path]], None]
+
+
+@dataclass
+class Prepared:
+    """A claimed study after the prepare stage."""
+
+    study: StudyRow
+    series: CTSeries | None = None
+    sources: list[Dataset] = field(default_factory=list)
+    x: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class InferenceWorker:
+    """Owns the predictor; processes queued studies one at a time, oldest arrival first."""
+
+    def __init__(
+        self,
+        index: Index,
+        spool_dir: Path,
+        results_dir: Path,
+        predictor: Predictor | None,
+        deliver: DeliverFn,
+        *,
+        hash_key: str,
+        unavailable: str | None = None,
+    ) -> None:
+        self.index = index
+        self.spool_dir = spool_dir
+        self.results_dir = results_dir
+        self.predictor = predictor
+        self.deliver = deliver
+        self.hash_key = hash_key
+        self.unavailable = unavailable if predictor is None else None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        # set when stop() gave up waiting: the study in hand is left to the next start
+        self._abandoned = threading.Event()
+        self._current: StudyRow | None = None
+        self._slot = threading.Semaphore(1)
+        self._handoff: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
+        self._threads: list[threading.Thread] = []
+
+    # -- queue ------------------------------------------------------------------------
+
+    def enqueue(self, study: StudyRow) -> None:
+        """Completion hook: ``complete`` -> ``queued``, then wake the worker. Never blocks."""
+        reason = f"waiting: {self.unavailable}" if self.unavailable else None
+        if self.index.set_state(
+            study.study_uid, "queued", reason, expect=("complete",), generation=study.generation
+        ):
+            log.info(
+                "study.queued",
+                extra={"study": study_key(study.study_uid, self.hash_key), "n": study.instances},
+            )
+        self._wake.set()
+
+    def start(self) -> None:
+        """Requeue interrupted work, queue completed studies, start the two stages."""
+        resumed = 0
+        for study in self.index.studies(("processing", "complete")):
+            if self.index.set_state(
+                study.study_uid,
+                "queued",
+                expect=("processing", "complete"),
+                generation=study.generation,
+            ):
+                resumed += 1
+        if resumed:
+            log.info("worker.resumed", extra={"studies": resumed})
+        if self.predictor is None:
+            log.error("worker.no_model", extra={"reason": self.unavailable or "unknown"})
+            return
+        for name, target in (("prepare", self._prepare_loop), ("infer", self._infer_loop)):
+            t = threading.Thread(target=target, name=f"ich-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the study in hand, then stop (queued studies stay queued).
+
+        Past ``timeout`` (a long CPU inference) the study is abandoned, not failed: it
+        stays ``processing`` and :meth:`start` requeues it at the next start. The infer
+        thread then finishes on its own without touching the index (which the service
+        closes next) and without a traceback.
+        """
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
+            self._abandoned.set()
+            current = self._current
+            log.warning(
+                "worker.stop_timeout",
+                extra={
+                    "waited_s": timeout,
+                    "study": study_key(current.study_uid, self.hash_key) if current else None,
+                    "next": "requeued at the next start",
+                },
+            )
+
+    def idle(self) -> bool:
+        """True when nothing is queued or in processing (tests and the demo wait on it)."""
+        return not self.index.studies(("queued", "processing", "complete"))
+
+    # -- prepare stage ----------------------------------------------------------------
+
+    def _claim(self) -> StudyRow | None:
+        for study in self.index.studies(("queued",)):
+            if self.index.set_state(
+                study.study_uid, "processing", expect=("queued",), generation=study.generation
+            ):
+                return self.index.study(study.study_uid)
+        return None
+
+    def _prepare_loop(self) -> None:
+        while not self._stop.is_set():
+            self._slot.acquire()
+            if self._stop.is_set():  # stopped while waiting for the slot: claim nothing
+                self._slot.release()
+                break
+            study: StudyRow | None = None
+            try:
+                study = self._claim()
+            except NodeError as exc:
+                log.error("worker.claim_failed", extra={"error": type(exc).__name__})
+            if study is None:
+                self._slot.release()
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            prepared = self._prepare_guarded(study)
+            if prepared is None:
+                self._slot.release()
+                continue
+            self._handoff.put(prepared)
+        self._handoff.put(None)
+
+    def _prepare_guarded(self, study: StudyRow) -> Prepared | None:
+        try:
+            return self._prepare(study)
+        except Exception as exc:
+            if self._abandoned.is_set():  # see stop(): the study is left to the next start
+                log.info("worker.abandoned", extra={"stage": "prepare"})
+            elif isinstance(exc, ModelsError):
+                self._finish(study, "failed", f"cannot read study: {exc}")
+            else:
+                reason = f"internal error while reading ({type(exc).__name__})"
+                self._finish(study, "failed", reason)
+                log.exception("worker.prepare_crashed")
+        return None
+
+    def _prepare(self, study: StudyRow) -> Prepared | None:
+        assert self.predictor is not None
+        t0 = time.perf_counter()
+        paths = [self.spool_dir / row.path for row in self.index.instances(study.study_uid)]
+        scan = scan_headers(paths)
+        choice = choose_series([h for h in scan.headers if h.study_uid == study.study_uid])
+        t1 = time.perf_counter()
+        if not choice.eligible:
+            self._finish(study, "skipped", choice.reason or "no eligible series")
+            return None
+        series = read_series(choice.headers)
+        sources: list[Dataset] = [
+            pydicom.dcmread(h.path, stop_before_pixels=True) for h in choice.headers
+        ]
+        x = self.predictor.pre_process(series)
+        t2 = time.perf_counter()
+        return Prepared(study, series, sources, x, {"select": t1 - t0, "read_preprocess": t2 - t1})
+
+    # -- infer stage ------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        self._warm_up()
+        while True:
+            prepared = self._handoff.get()
+            self._slot.release()
+            if prepared is None:
+                return
+            if self._stop.is_set():
+                # Prepared but not started when the node stopped: back to the queue, so
+                # the index does not show it ``processing`` while no node runs.
+                self.index.set_state(
+                    prepared.study.study_uid,
+                    "queued",
+                    expect=("processing",),
+                    generation=prepared.study.generation,
+                )
+                continue
+            self._current = prepared.study
+            try:
+                self._infer(prepared)
+            except Exception as exc:
+                if self._abandoned.is_set():
+                    # stop() gave up on this study and the index may be closed: leave it
+                    error = type(exc).__name__
+                    log.info("worker.abandoned", extra={"stage": "infer", "error": error})
+                    return
+                if isinstance(exc, (ModelsError, NodeError)):
+                    self._finish(prepared.study, "failed", f"inference failed: {exc}")
+                else:
+                    reason = f"internal error in inference ({type(exc).__name__})"
+                    self._finish(prepared.study, "failed", reason)
+                    log.exception("worker.infer_crashed")
+            finally:
+                self._current = None
+            if self._abandoned.is_set():
+                return
+
+    def _warm_up(self) -> None:
+        """Pay the report builders' one-time costs now, not in the first study's latency
+        (:func:`dicom_node.results.report.warm_up`); a failure costs only that time."""
+        assert self.predictor is not None
+        try:
+            seconds = warm_up(self.predictor.meta)
+        except Exception as exc:  # noqa: BLE001 - top of the infer thread; nothing depends on it
+            log.warning("worker.warm_up_failed", extra={"error": type(exc).__name__})
+            return
+        log.info("worker.warmed_up", extra={"seconds": round(seconds, 3)})
+
+    def _infer(self, p: Prepared) -> None:
+        assert self.predictor is not None
+        assert p.series is not None
+        assert p.x is not None
+        study = p.study
+        t0 = time.perf_counter()
+        logits = self.predictor.predict(p.x)
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize(self.predictor.device)
+        pred = self.predictor.post_process(p.series, logits)
+        t1 = time.perf_counter()
+        previous = self.index.result(study.study_uid)
+        supersedes = ResultUIDs(**previous["uids"]) if previous else None
+        objects = build_results(
+            pred,
+            p.sources,
+            p.series,
+            self.predictor.meta,
+            generation=study.generation,
+            supersedes=supersedes,
+        )
+        paths = objects.save(self.results_dir / study.study_uid / f"g{study.generation}")
+        t2 = time.perf_counter()
+        timings = {**p.timings, "inference": t1 - t0, "build": t2 - t1}
+        result = {
+            "generation": study.generation,
+            "series_uid": pred.series_uid,
+            "n_slices": p.series.n_slices,
+            "top_slices": pred.top_slices(),
+            "uids": asdict(objects.uids),
+            "files": {kind: str(path) for kind, path in paths.items()},
+            "model_uid": self.predictor.meta.model_uid,
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        }
+        if not self.index.save_result(
+            study.study_uid, study.generation, json.dumps(pred.findings()), json.dumps(result)
+        ):
+            log.info(
+                "study.superseded_during_processing",
+                extra={"study": study_key(study.study_uid, self.hash_key)},
+            )
+            return
+        log.info(
+            "study.done",
+            extra={
+                "study": study_key(study.study_uid, self.hash_key),
+                "generation": study.generation,
+                "slices": p.series.n_slices,
+                "present": int(pred.present.sum()),
+                **{f"{k}_s": round(v, 3) for k, v in timings.items()},
+            },
+        )
+        self.deliver(study.study_uid, study.generation, paths)
+
+    def _finish(self, study: StudyRow, state: StudyState, reason: str) -> None:
+        key = study_key(study.study_uid, self.hash_key)
+        if self.index.set_state(
+            study.study_uid,
+            state,
+            reason,
+            expect=("processing",),
+            generation=study.generation,
+        ):
+            log.warning("study.finished", extra={"study": key, "state": state, "reason": reason})

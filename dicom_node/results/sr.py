@@ -1,0 +1,184 @@
+"""The findings as a Comprehensive 3D SR, TID 1500 Measurement Report (highdicom).
+
+One TID 1501 measurement group per model output (``any`` and the five subtypes, in
+canonical order), each with:
+
+* the finding type and finding site (:mod:`dicom_node.results.codes`),
+* a qualitative evaluation: the finding concept = Present / Absent (CID 240), decided by
+  the checkpoint's threshold,
+* the study probability as a TID 300 measurement, DCM 122157 "Probability", UCUM ``1``,
+  inferred from the key slices (image references) when the finding is present,
+* TID 4019 algorithm identification (name, version, model UID among the parameters).
+
+The observer is the model as a device (TID 1004, Device Observer UID = model UID), the
+whole source series is listed as evidence, and VerificationFlag is UNVERIFIED
+(PS3.3 C.17.2): a machine's output, not a signed report. A new generation lists the
+SR it supersedes in Predecessor Documents Sequence (PS3.3 C.17.2.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    SourceImageForMeasurement,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
+
+from dicom_node.results.codes import (
+    ABSENT,
+    FINDINGS,
+    PRESENT,
+    PROBABILITY,
+    UNITLESS,
+    coding_scheme_identification,
+)
+from dicom_node.results.common import (
+    MANUFACTURER,
+    SR_SERIES_NUMBER,
+    AlgorithmInfo,
+    ReportError,
+    ResultUIDs,
+    check_sources,
+    derived_uid,
+    evidence_stub,
+    identity_header,
+    previous_stub,
+)
+from models.labels import LABELS
+from models.predict import SeriesPrediction
+
+#: Slices cited per positive finding: enough to find the bleed, few enough to read.
+KEY_SLICES_PER_FINDING = 5
+
+
+def _group(
+    label: str,
+    prediction: SeriesPrediction,
+    sop_classes: dict[str, str],
+    algorithm: AlgorithmIdentification,
+    sr_instance_uid: str,
+) -> MeasurementsAndQualitativeEvaluations:
+    i = LABELS.index(label)
+    coding = FINDINGS[label]
+    present = bool(prediction.present[i])
+    probability = float(prediction.study_probs[i])
+    if not 0.0 <= probability <= 1.0:
+        raise ReportError(f"study probability of {label!r} is outside [0, 1]")
+    refs: list[SourceImageForMeasurement] | None = None
+    if present:
+        refs = [
+            SourceImageForMeasurement(sop_classes[uid], uid)
+            for uid in (
+                prediction.sop_uids[k] for k in prediction.key_slices(label, KEY_SLICES_PER_FINDING)
+            )
+        ]
+    measurement = Measurement(
+        name=PROBABILITY,
+        value=round(probability, 6),
+        unit=UNITLESS,
+        algorithm_id=algorithm,
+        referenced_images=refs,
+    )
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derived_uid(sr_instance_uid, label),
+            identifier=f"ICH {coding.display}",
+        ),
+        finding_type=coding.finding,
+        finding_sites=[FindingSite(site) for site in coding.sites] or None,
+        algorithm_id=algorithm,
+        measurements=[measurement],
+        qualitative_evaluations=[
+            QualitativeEvaluation(coding.finding, PRESENT if present else ABSENT)
+        ],
+    )
+
+
+def build_sr(
+    prediction: SeriesPrediction,
+    sources: Sequence[Dataset],
+    algorithm: AlgorithmInfo,
+    uids: ResultUIDs,
+    supersedes: ResultUIDs | None = None,
+) -> Comprehensive3DSR:
+    """The TID 1500 report of ``prediction`` over the source series ``sources`` (headers).
+
+    ``sources`` are the chosen series' instances (pixel data not needed); the SR takes
+    Patient and Study from the first and cites all of them as evidence.
+    ``supersedes`` names the earlier generation this report replaces, if any.
+    """
+    if prediction.study_probs.shape != (len(LABELS),):
+        raise ReportError(f"expected {len(LABELS)} study probabilities")
+    by_uid = check_sources(prediction, sources)
+    ordered = [by_uid[u] for u in prediction.sop_uids]
+    sop_classes = {u: str(by_uid[u].SOPClassUID) for u in prediction.sop_uids}
+    algorithm_id = AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=algorithm.parameters,
+        manufacturer=MANUFACTURER,
+    )
+    groups = [
+        _group(label, prediction, sop_classes, algorithm_id, uids.sr_instance) for label in LABELS
+    ]
+    observer = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=algorithm.model_uid,
+            name=algorithm.name,
+            manufacturer_name=MANUFACTURER,
+            model_name=algorithm.model_name,
+        ),
+    )
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.HeadCT,
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    evidence = [identity_header(ordered[0]), *(evidence_stub(ds) for ds in ordered[1:])]
+    previous = None
+    if supersedes is not None:
+        previous = [
+            previous_stub(
+                prediction.study_uid,
+                supersedes.sr_series,
+                Comprehensive3DSRStorage,
+                supersedes.sr_instance,
+            )
+        ]
+    try:
+        sr = Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=uids.sr_series,
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=uids.sr_instance,
+            instance_number=uids.generation + 1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            previous_versions=previous,
+            contributing_equipment=[algorithm.contributing_equipment()],
+            series_description=algorithm.series_description,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        # highdicom messages may quote dataset content: keep only the exception type.
+        raise ReportError(f"SR could not be built: {type(exc).__name__}") from exc
+    sr.CodingSchemeIdentificationSequence = coding_scheme_identification()
+    return sr

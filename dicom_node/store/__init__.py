@@ -1,0 +1,10 @@
+"""What is on disk: the durable spool of received files, its write-ahead journal, the
+SQLite index of studies/series/instances, and UID rules.
+
+``uid_scan`` (the fast header walk that finds an instance's four UIDs) lives here rather
+than in ``net`` because ``Spool.put`` and ``reindex`` need it too, and the store sits
+below the network edge.
+
+May import: the top-level ``config``/``errors``/``logs``, and ``models``. Nothing above
+it (``net``, ``pipeline``, ``results``, ``service``, ``cli``).
+"""
