@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -71,6 +71,16 @@ class SeriesChoice:
     headers: list[InstanceHeader]
     skipped: dict[str, str] = field(default_factory=dict)
     reason: str | None = None  # why the study is not eligible, when chosen is None
+    #: Every series of the study in first-seen order, the chosen one included; each
+    #: carries its own reason (None for the chosen series), so outputs can list them all.
+    series: tuple[SeriesSummary, ...] = ()
+
+    def summary_of(self, series_uid: str) -> SeriesSummary | None:
+        """The summary of one series of this study, with its final reason."""
+        for s in self.series:
+            if s.series_uid == series_uid:
+                return s
+        return None
 
     @property
     def eligible(self) -> bool:
@@ -206,16 +216,27 @@ def choose_series(headers: Sequence[InstanceHeader]) -> SeriesChoice:
     if not ct_series:
         modalities = sorted({s.modality or "missing" for s, _ in summaries})
         return SeriesChoice(
-            study_uid, None, [], skipped, f"no CT series (modality {'/'.join(modalities)})"
+            study_uid,
+            None,
+            [],
+            skipped,
+            f"no CT series (modality {'/'.join(modalities)})",
+            _final(summaries, skipped),
         )
     not_head = _not_head_reason(ct_series)
     if not_head is not None:
-        return SeriesChoice(
-            study_uid, None, [], {s.series_uid: not_head for s, _ in summaries}, not_head
-        )
+        skipped = {s.series_uid: not_head for s, _ in summaries}
+        return SeriesChoice(study_uid, None, [], skipped, not_head, _final(summaries, skipped))
     eligible = [(s, items) for s, items in summaries if s.reason is None]
     if not eligible:
-        return SeriesChoice(study_uid, None, [], skipped, "no eligible axial CT series")
+        return SeriesChoice(
+            study_uid,
+            None,
+            [],
+            skipped,
+            "no eligible axial CT series",
+            _final(summaries, skipped),
+        )
 
     def rank(entry: tuple[SeriesSummary, list[InstanceHeader]]) -> tuple[object, ...]:
         s, items = entry
@@ -240,4 +261,13 @@ def choose_series(headers: Sequence[InstanceHeader]) -> SeriesChoice:
         skipped[s.series_uid] = "another series fits better" + (
             f" ({', '.join(why)})" if why else ""
         )
-    return SeriesChoice(study_uid, chosen, chosen_headers, skipped, None)
+    return SeriesChoice(
+        study_uid, chosen, chosen_headers, skipped, None, _final(summaries, skipped)
+    )
+
+
+def _final(
+    summaries: Sequence[tuple[SeriesSummary, list[InstanceHeader]]], skipped: dict[str, str]
+) -> tuple[SeriesSummary, ...]:
+    """Each series' summary with the reason the choice ended with."""
+    return tuple(replace(s, reason=skipped.get(s.series_uid)) for s, _ in summaries)
