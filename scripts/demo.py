@@ -47,6 +47,7 @@ from models.checkpoint import read_meta  # noqa: E402
 from models.errors import CheckpointError  # noqa: E402
 from models.labels import LABELS  # noqa: E402
 from train.data.phantoms import PhantomSpec, write_study  # noqa: E402
+from train.demo_model import default_recipe_id  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
 SHORT = {
@@ -87,13 +88,18 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
 
 
 def ensure_checkpoint(path: Path) -> None:
+    """Train the demo model unless ``path`` holds one of today's recipe (or a real model)."""
     try:
         meta = read_meta(path)
-        console.print(f"checkpoint: {path} ({meta.name}, {meta.trained_on})")
-        return
     except CheckpointError:
-        pass
-    console.rule("no checkpoint yet: training a small demo model on phantoms (a few minutes)")
+        why = "no checkpoint yet"
+    else:
+        recipe = meta.provenance.get("recipe")
+        if not meta.demo or recipe == default_recipe_id():
+            console.print(f"checkpoint: {path} ({meta.name}, {meta.trained_on})")
+            return
+        why = f"the cached demo model is of another recipe ({recipe})"
+    console.rule(f"{why}: training a small demo model on phantoms (a few minutes)")
     subprocess.run(
         [sys.executable, "-m", "train", "demo-model", "--out", str(path)], cwd=REPO, check=True
     )

@@ -203,20 +203,22 @@ def demo_model(
     out: Annotated[Path, typer.Option(help="checkpoint path to write")] = Path(
         "var/models/demo.pt"
     ),
-    minutes: Annotated[float, typer.Option(help="time budget (CPU)")] = 5.0,
     train_studies: Annotated[int, typer.Option()] = 150,
     val_studies: Annotated[int, typer.Option()] = 40,
     seed: Annotated[int, typer.Option()] = 0,
     overrides: Annotated[list[str] | None, typer.Argument(help="fit overrides key=value")] = None,
 ) -> None:
-    """Train a small CNN-LSTM on synthetic phantoms (NOT clinical) for the node's demo."""
+    """Train a small CNN-LSTM on synthetic phantoms (NOT clinical) for the node's demo.
+
+    A fixed number of epochs with deterministic kernels on 2 threads: the same weights on
+    every run (on one CPU family and torch build), whatever the machine's load.
+    """
     _setup_logging()
     from train.demo_model import build_demo_model
     from train.export import summary
 
     path = build_demo_model(
         out,
-        minutes,
         overrides=overrides or [],
         train_studies=train_studies,
         val_studies=val_studies,
