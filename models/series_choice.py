@@ -505,7 +505,16 @@ def choose_series(
         return done(None, not_head, {j.summary.series_uid: not_head for j in judged})
     eligible = [j for j in judged if j.summary.reason is None]
     if not eligible:
-        return done(None, "no eligible axial CT series", skipped)
+        excluded = [
+            j.rule.name
+            for j in judged
+            if j.rule is not None and (j.summary.reason or "").startswith("site rule")
+        ]
+        reason = "no eligible axial CT series"
+        if excluded:  # say so: an admin reading the worklist must see the rule acted
+            names = ", ".join(repr(n) for n in dict.fromkeys(excluded))
+            reason += f" (site rule {names} excluded {len(excluded)} of {len(judged)} series)"
+        return done(None, reason, skipped)
 
     def rank(j: _Judged) -> tuple[object, ...]:
         s, first = j.summary, j.headers[0]
