@@ -101,7 +101,7 @@ class InstanceHeader:
     scan_options: str = ""
     #: Attributes asked for by keyword (``scan_headers(extra_tags=...)``, e.g. what site
     #: rules match on), as text; multi-values joined with a backslash; absent ones missing.
-    extra: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_dataset(
