@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dicom_node.config import load_settings  # noqa: E402
-from models.checkpoint import read_meta  # noqa: E402
+from models.checkpoint import CheckpointMeta, read_meta  # noqa: E402
 from models.errors import CheckpointError  # noqa: E402
 from models.labels import LABELS  # noqa: E402
 from train.data.phantoms import PhantomSpec, write_study  # noqa: E402
@@ -59,7 +59,9 @@ SHORT = {
     "subdural": "SDH",
 }
 PRESENT = "52101004"
-console = Console()
+# The findings table is 9 columns wide: wider than the 80 columns rich assumes when the
+# output is not a terminal (make, CI logs), where cells would wrap onto two lines.
+console = Console(width=None if sys.stdout.isatty() else 110)
 
 
 def free_port() -> int:
@@ -201,6 +203,12 @@ def sr_findings(ds: pydicom.Dataset) -> dict[str, tuple[float, bool]]:
     return out
 
 
+def auc_cell(meta: CheckpointMeta, label: str) -> str:
+    """The checkpoint's study-level AUC for one finding on its held-out set, if recorded."""
+    value = meta.validation_metrics.get(f"study_auc_{label}")
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main() -> None:
     work = REPO / "var" / "demo"
     shutil.rmtree(work, ignore_errors=True)
@@ -275,31 +283,51 @@ def main() -> None:
         table.add_column("phantom truth")
         for label in LABELS:
             table.add_column(SHORT[label], justify="right")
+        disagreements: list[str] = []
         for name, written, orthanc_id, truth in studies:
             found = wait_for(f"results of the {name} study", partial(results, orthanc_id), 600)
             raw = pacs.request("GET", f"/instances/{found['SR']}/file")
             sr = pydicom.dcmread(io.BytesIO(raw))
             assert sr.StudyInstanceUID == written.study_uid
+            findings = sr_findings(sr)
             cells = [
                 (f"[bold red]{p:.2f} YES[/]" if present else f"{p:.2f} no")
-                for p, present in sr_findings(sr).values()
+                for p, present in findings.values()
+            ]
+            disagreements += [
+                f"{name}: {SHORT[label]} {'called' if present else 'missed'}"
+                for i, (label, (_, present)) in enumerate(findings.items())
+                if present != bool(written.volume.study_labels[i])
             ]
             table.add_row(name, ", ".join(truth) or "no bleed", *cells)
             console.print(
                 f"{name}: SR and Secondary Capture stored in the PACS, in the patient's own "
                 f"study: http://127.0.0.1:{pacs.http}/app/explorer.html#study?uuid={orthanc_id}"
             )
+        meta = read_meta(checkpoint)
+        table.add_section()
+        table.add_row(
+            "[dim]held-out AUC",
+            f"[dim]{int(meta.validation_metrics.get('val_studies', 0))} phantoms",
+            *(f"[dim]{auc_cell(meta, label)}" for label in LABELS),
+        )
         console.print(table)
+        target = meta.validation_metrics.get("target_sensitivity")
         console.print(
             "ICH any hemorrhage, EDH epidural, IPH intraparenchymal, "
             "IVH intraventricular, SAH subarachnoid, SDH subdural; YES = present "
             "at the checkpoint's threshold"
+            + (f" (set for {target:.0%} sensitivity on the held-out phantoms)" if target else "")
+            + "; held-out AUC: how well the model separates each finding"
         )
+        if disagreements:
+            console.print(f"[yellow]differs from the phantom truth: {'; '.join(disagreements)}")
+        else:
+            console.print("every finding agrees with the phantom truth")
         console.print(
             f"results back in the PACS {time.monotonic() - t0:.1f} s after sending "
             "(including the 5 s quiet period that decides a study is complete)"
         )
-        meta = read_meta(checkpoint)
         if meta.demo:
             console.print("[yellow]demo model trained on synthetic phantoms: NOT for clinical use")
         if os.environ.get("DEMO_KEEP"):

@@ -203,8 +203,12 @@ def demo_model(
     out: Annotated[Path, typer.Option(help="checkpoint path to write")] = Path(
         "var/models/demo.pt"
     ),
-    train_studies: Annotated[int, typer.Option()] = 150,
-    val_studies: Annotated[int, typer.Option()] = 40,
+    train_studies: Annotated[
+        int | None, typer.Option(help="training phantoms (default: the demo recipe's)")
+    ] = None,
+    val_studies: Annotated[
+        int | None, typer.Option(help="phantoms that pick the best epoch (default: the recipe's)")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     overrides: Annotated[list[str] | None, typer.Argument(help="fit overrides key=value")] = None,
 ) -> None:
@@ -217,11 +221,7 @@ def demo_model(
     from train.demo_model import build_demo_model
     from train.export import summary
 
-    path = build_demo_model(
-        out,
-        overrides=overrides or [],
-        train_studies=train_studies,
-        val_studies=val_studies,
-        seed=seed,
-    )
+    sizes = {"train_studies": train_studies, "val_studies": val_studies}
+    given: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
+    path = build_demo_model(out, overrides=overrides or [], seed=seed, **given)
     typer.echo(json.dumps(summary(path), indent=2))

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 DEMO_TRAINED_ON = "synthetic phantoms (NOT clinical)"
 #: Seeds of held-out phantoms start here: no overlap with training seeds.
 VAL_SEED_OFFSET = 1_000_000
+#: Seeds of the phantoms that set the thresholds start here: neither trained on nor used
+#: to pick the best epoch.
+CAL_SEED_OFFSET = 2_000_000
 #: CPU threads while the demo model trains, on every machine: a float sum split across
 #: another number of threads adds in another order, so the weights would differ in their
 #: last bits from one machine to the next and the demo table could change.
@@ -45,11 +48,15 @@ DEMO_THREADS = 2
 RECIPE_VERSION = 2
 #: The recipe ``make demo`` trains (``python -m train demo-model`` without options).
 DEMO_CONFIG = "phantom_demo"
-TRAIN_STUDIES = 150
+TRAIN_STUDIES = 300
 VAL_STUDIES = 40
+#: Thresholds from 40 phantoms moved with every retraining: a subtype with 5 positives
+#: sets its threshold at its weakest positive. 200 phantoms hold 30-50 of each subtype.
+CAL_STUDIES = 200
 TRAIN_P_BLEED = 0.7
 N_SLICES = (24, 40)
 RENDER_SIZE = 256
+TARGET_SENSITIVITY = 0.9
 
 
 @contextmanager
@@ -95,7 +102,16 @@ def recipe_id(config: str | Path, overrides: Sequence[str], *params: object) -> 
 def default_recipe_id(seed: int = 0) -> str:
     """The recipe id of ``python -m train demo-model`` with its defaults."""
     return recipe_id(
-        DEMO_CONFIG, (), TRAIN_STUDIES, VAL_STUDIES, seed, TRAIN_P_BLEED, N_SLICES, RENDER_SIZE
+        DEMO_CONFIG,
+        (),
+        TRAIN_STUDIES,
+        VAL_STUDIES,
+        CAL_STUDIES,
+        seed,
+        TRAIN_P_BLEED,
+        N_SLICES,
+        RENDER_SIZE,
+        TARGET_SENSITIVITY,
     )
 
 
@@ -132,12 +148,13 @@ def build_demo_model(
     overrides: Sequence[str] = (),
     train_studies: int = TRAIN_STUDIES,
     val_studies: int = VAL_STUDIES,
+    cal_studies: int = CAL_STUDIES,
     seed: int = 0,
     train_p_bleed: float = TRAIN_P_BLEED,
     n_slices: tuple[int, int] = N_SLICES,
     render_size: int = RENDER_SIZE,
     workdir: Path | None = None,
-    target_sensitivity: float = 0.95,
+    target_sensitivity: float = TARGET_SENSITIVITY,
     threads: int = DEMO_THREADS,
     progress: bool = True,
 ) -> Path:
@@ -158,7 +175,16 @@ def build_demo_model(
     out = Path(out)
     work = Path(workdir) if workdir is not None else out.parent / f".{out.stem}-run"
     recipe = recipe_id(
-        config, overrides, train_studies, val_studies, seed, train_p_bleed, n_slices, render_size
+        config,
+        overrides,
+        train_studies,
+        val_studies,
+        cal_studies,
+        seed,
+        train_p_bleed,
+        n_slices,
+        render_size,
+        target_sensitivity,
     )
     cfg = load_config(
         config,
@@ -197,10 +223,21 @@ def build_demo_model(
             extra={"epochs": cfg.optim.epochs, "threads": threads, "recipe": recipe},
         )
         result = fit(cfg, store=train, val_store=val, progress=progress)
+        cal_seeds = range(
+            CAL_SEED_OFFSET + seed * 10_000, CAL_SEED_OFFSET + seed * 10_000 + cal_studies
+        )
+        cal = phantom_store(
+            cal_seeds,
+            size,
+            render_size=render_size,
+            n_slices=n_slices,
+            progress=progress,
+            desc="threshold phantoms",
+        )
         path = export(
             result.best,
             out,
-            val,
+            cal,
             target_sensitivity=target_sensitivity,
             name="ich-cnn-lstm-phantom-demo",
             trained_on=DEMO_TRAINED_ON,
@@ -209,8 +246,9 @@ def build_demo_model(
                 "data": (
                     f"train.data.phantoms: {train_studies} training phantoms (seeds from "
                     f"{seed * 10_000}, p_bleed {train_p_bleed}), {val_studies} held-out "
-                    f"phantoms (seeds from "
-                    f"{VAL_SEED_OFFSET + seed * 10_000})"
+                    f"phantoms for the best epoch (seeds from "
+                    f"{VAL_SEED_OFFSET + seed * 10_000}), {cal_studies} held-out phantoms "
+                    f"for the thresholds (seeds from {CAL_SEED_OFFSET + seed * 10_000})"
                 ),
                 "command": f"python -m train demo-model --out {out}",
                 "recipe": recipe,

@@ -26,6 +26,7 @@ def _train(out: Path, seed: int) -> Path:
         overrides=TINY,
         train_studies=4,
         val_studies=4,
+        cal_studies=6,
         seed=seed,
         n_slices=(4, 6),
         render_size=64,
