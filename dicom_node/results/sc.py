@@ -57,9 +57,8 @@ MAX_KEY_SLICES: Final = 4
 BANNER: Final = "NOT FOR DIAGNOSTIC USE"
 DEMO_LINE: Final = "DEMO MODEL - PHANTOM-TRAINED"
 _COLORS: Final = ("black", "tab:purple", "tab:red", "tab:blue", "tab:green", "tab:orange")
-#: Characters of one input line that fit across the panel at its font size (11 pt on
-#: 1024 px; checked by rendering a line of this many characters).
-INPUT_LINE_CHARS: Final = 150
+#: Longest input line kept before it is measured: enough for any line that can fit.
+INPUT_LINE_CHARS: Final = 200
 
 
 def brain_window(hu: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -102,6 +101,22 @@ def input_lines(
         used += f"; {prediction.slabs.describe()}"
     skipped = skipped_summary(series_choice) or "no other series in the study"
     return shorten(used, INPUT_LINE_CHARS), shorten(skipped, INPUT_LINE_CHARS)
+
+
+def _fitted_text(canvas: FigureCanvasAgg, y: float, text: str, color: str) -> None:
+    """One line at the left margin, cut (with "...") until it fits the panel's width.
+
+    Measured with the renderer rather than counted in characters, so a description of
+    wide letters is cut where it really leaves the image.
+    """
+    fig = canvas.figure
+    artist = fig.text(0.02, y, text, fontsize=11, color=color, va="center")
+    renderer = canvas.get_renderer()
+    limit = 0.98 * SIZE
+    while artist.get_window_extent(renderer).x1 > limit and len(text) > 8:
+        cut = max(8, int(len(text) * limit / artist.get_window_extent(renderer).x1) - 1)
+        text = shorten(text, min(cut, len(text) - 1))
+        artist.set_text(text)
 
 
 def render_panel(
@@ -168,8 +183,8 @@ def render_panel(
     used, skipped = input_lines(
         prediction, series_choice, series.n_slices if n_sources is None else n_sources
     )
-    fig.text(0.02, 0.522, used, fontsize=11, color="white", va="center")
-    fig.text(0.02, 0.497, skipped, fontsize=11, color="#c0c0c0", va="center")
+    _fitted_text(canvas, 0.522, used, color="white")
+    _fitted_text(canvas, 0.497, skipped, color="#c0c0c0")
 
     # Findings table.
     ax_t = fig.add_axes((0.02, 0.07, 0.42, 0.40))

@@ -148,7 +148,9 @@ def input_notes(
 def _input_container(notes: Sequence[str]) -> ContainerContentItem:
     """TID 1500 row 12: the Qualitative Evaluations container with TEXT items (row 14)."""
     container = ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+        name=QUALITATIVE_EVALUATIONS,
+        is_content_continuous=False,  # separate statements, not one running text
+        relationship_type=RelationshipTypeValues.CONTAINS,
     )
     container.ContentSequence = ContentSequence(
         [
