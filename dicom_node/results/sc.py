@@ -111,7 +111,7 @@ def _fitted_text(canvas: FigureCanvasAgg, y: float, text: str, color: str) -> No
     """
     fig = canvas.figure
     artist = fig.text(0.02, y, text, fontsize=11, color=color, va="center")
-    renderer = canvas.get_renderer()
+    renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
     limit = 0.98 * SIZE
     while artist.get_window_extent(renderer).x1 > limit and len(text) > 8:
         cut = max(8, int(len(text) * limit / artist.get_window_extent(renderer).x1) - 1)

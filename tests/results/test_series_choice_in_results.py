@@ -8,7 +8,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from peers import dciodvfy_errors
 from pydicom.dataset import Dataset
@@ -149,9 +148,7 @@ def test_sc_renders_the_input_lines_also_with_many_skipped_series(
         for i in range(n_skipped)
     )
     pred = make_prediction(ct_series, ("subdural",))
-    sc = build_results(
-        pred, source_headers, ct_series, _meta(), series_choice=(used, *others)
-    ).sc
+    sc = build_results(pred, source_headers, ct_series, _meta(), series_choice=(used, *others)).sc
     px = sc.pixel_array
     assert px.shape == (SIZE, SIZE, 3)
     rows = _text_rows(px)
