@@ -42,16 +42,17 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _series_table(title: str, outcomes: Sequence[SeriesOutcome]) -> Table:
-    """Every series of a study: description, images, and used / why not.
+    """Every series of a study: description, images, and used / why not (``--json``
+    adds the Series Instance UIDs).
 
     Descriptions are the scanner's text: escaped, so a ``[`` in one is not rich markup.
     """
     table = Table(title=title, title_justify="left")
-    for col in ("series", "images", "outcome", "series instance uid"):
+    for col in ("series", "images", "outcome"):
         table.add_column(col)
     for o in outcomes:
         outcome = "[green]used[/]" if o.chosen else escape(o.reason or "not chosen")
-        table.add_row(escape(o.label), str(o.instances), outcome, o.series_uid)
+        table.add_row(escape(o.label), str(o.instances), outcome)
     return table
 
 
@@ -164,30 +165,24 @@ def studies(
     if as_json:
         sys.stdout.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
         return
-    from dicom_node.store.series_outcome import chosen_of, images
-
     table = Table(title=f"{len(rows)} studies")
-    for col in ("study", "state", "series", "instances", "series used", "first received",
-                "last received", "reason"):  # fmt: skip
+    for col in ("study", "state", "series", "instances", "first received", "last received",
+                "reason"):  # fmt: skip
         table.add_column(col)
-    not_used = Table(title="series not used", title_justify="left")
-    for col in ("study", "series", "images", "reason"):
-        not_used.add_column(col)
+    choices = Table(title="series of each study: used, or why not", title_justify="left")
+    for col in ("study", "series", "images", "outcome"):
+        choices.add_column(col)
     for r in rows:
-        chosen = chosen_of(r.series_choice)
-        used = f"{escape(chosen.label)} ({images(chosen.instances)})" if chosen else ""
-        table.add_row(r.study_uid, r.state, str(r.series), str(r.instances), used,
+        table.add_row(r.study_uid, r.state, str(r.series), str(r.instances),
                       iso(r.first_received), iso(r.last_received),
                       escape(r.reason or ""))  # fmt: skip
         for o in r.series_choice:
-            if not o.chosen:
-                not_used.add_row(
-                    r.study_uid, escape(o.label), str(o.instances), escape(o.reason or "")
-                )
+            outcome = "[green]used[/]" if o.chosen else escape(o.reason or "not chosen")
+            choices.add_row(r.study_uid, escape(o.label), str(o.instances), outcome)
     console = Console()
     console.print(table)
-    if not_used.row_count:
-        console.print(not_used)
+    if choices.row_count:
+        console.print(choices)
 
 
 @app.command()

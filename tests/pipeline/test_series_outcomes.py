@@ -5,6 +5,7 @@ plumbing, not accuracy)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,16 +23,17 @@ from models.slabs import plan_slabs
 from train.data.phantoms import PhantomSpec, write_study
 
 
-def _studies_json(node: Node) -> dict[str, dict[str, object]]:
+def _studies(node: Node, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "studies", "--json", "--config", str(node.config)],
+        [sys.executable, "-m", "dicom_node.cli", "studies", *args, "--config", str(node.config)],
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr
-    return {s["study_uid"]: s for s in json.loads(proc.stdout)}
+    return proc.stdout
 
 
 def _notes(sr_path: Path) -> list[str]:
@@ -78,9 +80,14 @@ def test_every_series_outcome_is_recorded_shown_and_reported(
     assert not any(o.chosen for o in skipped.series_choice)
     assert all(o.reason == skipped.reason for o in skipped.series_choice)
 
-    listed = _studies_json(node)
+    listed = {s["study_uid"]: s for s in json.loads(_studies(node, "--json"))}
     assert listed[study.study_uid]["series_choice"] == [o.to_json() for o in done.series_choice]
     assert listed[chest.study_uid]["series_choice"] == [o.to_json() for o in skipped.series_choice]
+
+    table = _studies(node)
+    assert "used, or why not" in table
+    assert "TOPOGRAM" in table
+    assert "not head" in table
 
     (sr,) = pacs.by_class(Comprehensive3DSRStorage)
     path = tmp_path / "sr.dcm"
