@@ -8,7 +8,7 @@ study by hand, and see for every series of the study whether it was read and why
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.dicom_io import iter_dicom_files, read_series, scan_headers
 from models.errors import ModelsError
 from models.predict import Predictor, SeriesPrediction
-from models.series_choice import choose_series, group_by_study
+from models.series_choice import SeriesRule, choose_series, group_by_study, rule_keywords
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,16 @@ class StudyResult:
         }
 
 
-def classify_path(path: Path, predictor: Predictor) -> Iterator[StudyResult]:
-    """Classify every study found under ``path`` (a file or a folder), one at a time."""
-    scan = scan_headers(iter_dicom_files(path))
+def classify_path(
+    path: Path, predictor: Predictor, rules: Sequence[SeriesRule] = ()
+) -> Iterator[StudyResult]:
+    """Classify every study found under ``path`` (a file or a folder), one at a time.
+
+    ``rules``: the site's series-choice rules (``series_choice.rules`` in the config).
+    """
+    scan = scan_headers(iter_dicom_files(path), extra_tags=rule_keywords(rules))
     for study_uid, headers in group_by_study(scan.headers).items():
-        choice = choose_series(headers)
+        choice = choose_series(headers, rules)
         outcomes = outcomes_of(choice)
         if not choice.eligible or choice.chosen is None:
             yield StudyResult(study_uid, None, 0, None, choice.reason, outcomes)

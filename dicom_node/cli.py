@@ -93,7 +93,7 @@ def classify(
     except ModelsError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    results = list(classify_path(path, predictor))
+    results = list(classify_path(path, predictor, settings.series_choice.series_rules()))
     if as_json:
         sys.stdout.write(json.dumps({"studies": [r.to_json() for r in results]}, indent=2) + "\n")
         return

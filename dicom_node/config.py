@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dicom_node.errors import ConfigError
+from models.series_choice import SeriesRule, SeriesRuleError, check_keyword
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM PS3.5 AE VR: no backslash
 
@@ -119,6 +127,63 @@ class Destination(_Section):
     _ae = field_validator("ae_title")(_check_ae)
 
 
+def _keyword(value: str) -> str:
+    try:
+        return check_keyword(value)
+    except SeriesRuleError as exc:
+        raise ValueError(exc.message) from exc
+
+
+def _pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression ({exc})") from exc
+    return value
+
+
+#: Errors of a mapping's key or value carry the key in their location, so a typo reads
+#: ``series_choice.rules[1].match.SeriesDescrption: not a DICOM keyword``.
+DicomKeyword = Annotated[str, AfterValidator(_keyword)]
+RulePattern = Annotated[str, AfterValidator(_pattern)]
+
+
+class SeriesRuleConfig(_Section):
+    """One site rule for series choice (:class:`models.series_choice.SeriesRule`).
+
+    ``match`` maps DICOM keywords to regular expressions, searched case-insensitively in
+    the attribute's text (multi-values joined with a backslash; absent = empty text).
+    """
+
+    name: str = Field(min_length=1)
+    action: Literal["include", "exclude"]
+    match: dict[DicomKeyword, RulePattern] = Field(min_length=1)
+    priority: int = 0
+    reason: str = ""
+
+    def to_rule(self) -> SeriesRule:
+        return SeriesRule(self.name, self.action, dict(self.match), self.priority, self.reason)
+
+
+class SeriesChoiceSection(_Section):
+    """Site rules that include or exclude series beyond the built-in series choice."""
+
+    rules: list[SeriesRuleConfig] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, value: list[SeriesRuleConfig]) -> list[SeriesRuleConfig]:
+        names = [r.name for r in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"rule names must be unique (repeated: {', '.join(repeated)})")
+        return value
+
+    def series_rules(self) -> tuple[SeriesRule, ...]:
+        """The rules as :class:`models.series_choice.SeriesRule`, for ``choose_series``."""
+        return tuple(r.to_rule() for r in self.rules)
+
+
 class WebSection(_Section):
     """The worklist page and metrics endpoint (not built yet: nothing listens in this
     version; the keys are part of the config contract, so site files stay valid)."""
@@ -150,6 +215,7 @@ class Settings(BaseSettings):
     storage: StorageSection = Field(default_factory=StorageSection)
     study: StudySection = Field(default_factory=StudySection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
+    series_choice: SeriesChoiceSection = Field(default_factory=SeriesChoiceSection)
     destinations: list[Destination] = Field(
         default_factory=lambda: [
             Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)
@@ -177,10 +243,17 @@ class Settings(BaseSettings):
 
 
 def _format_errors(exc: ValidationError) -> str:
+    """``key: message`` per error; list items as ``[i]`` (``destinations[0].port``)."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"{key}: {err['msg']}")
+        key = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                key += f"[{part}]"
+            elif part != "[key]":  # pydantic's marker for an invalid mapping key
+                key += f".{part}" if key else str(part)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{key or '<root>'}: {msg}")
     return "; ".join(lines)
 
 

@@ -229,6 +229,7 @@ class Service:
             deliverer.enqueue,
             hash_key=s.logging.hash_key,
             unavailable=unavailable,
+            series_rules=s.series_choice.series_rules(),
         )
         worker.start()
         return worker

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from models.errors import SeriesError
@@ -45,8 +46,14 @@ HEADER_TAGS: tuple[str, ...] = (
     "InstanceNumber",
     "ConvolutionKernel",
     "SeriesDescription",
+    "ProtocolName",
     "BodyPartExamined",
     "ContrastBolusAgent",
+    "ContrastBolusAgentSequence",
+    "ContrastBolusRoute",
+    "ContrastBolusVolume",
+    "ContrastBolusTotalDose",
+    "ScanOptions",
     "NumberOfFrames",
     "SeriesNumber",
 )
@@ -82,9 +89,24 @@ class InstanceHeader:
     contrast: str
     frames: int
     series_number: int | None
+    # Defaults below keep constructors that predate these fields working.
+    protocol: str = ""
+    #: ContrastBolusRoute, ContrastBolusVolume, ContrastBolusTotalDose as written (a "0"
+    #: or "NONE" means no contrast; series choice reads them, not this class).
+    contrast_route: str = ""
+    contrast_volume: str = ""
+    contrast_dose: str = ""
+    #: Items in ContrastBolusAgentSequence (coded agents; any item means contrast).
+    contrast_agents: int = 0
+    scan_options: str = ""
+    #: Attributes asked for by keyword (``scan_headers(extra_tags=...)``, e.g. what site
+    #: rules match on), as text; multi-values joined with a backslash; absent ones missing.
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, path: Path) -> InstanceHeader:
+    def from_dataset(
+        cls, ds: Dataset, path: Path, extra_tags: Iterable[str] = ()
+    ) -> InstanceHeader:
         """Build from a (possibly pixel-less) dataset; raises ``SeriesError`` on missing UIDs."""
         try:
             study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
@@ -111,7 +133,25 @@ class InstanceHeader:
             contrast=str(ds.get("ContrastBolusAgent", "")).strip(),
             frames=int(ds.get("NumberOfFrames") or 1),
             series_number=_int(ds.get("SeriesNumber")),
+            protocol=str(ds.get("ProtocolName", "")),
+            contrast_route=_text(ds.get("ContrastBolusRoute")),
+            contrast_volume=_text(ds.get("ContrastBolusVolume")),
+            contrast_dose=_text(ds.get("ContrastBolusTotalDose")),
+            contrast_agents=len(ds.get("ContrastBolusAgentSequence") or ()),
+            scan_options=_text(ds.get("ScanOptions")),
+            extra={kw: _text(ds.get(kw)) for kw in extra_tags if kw in ds},
         )
+
+
+def _text(value: object) -> str:
+    """An attribute value as text: multi-values joined with a backslash, as DICOM does."""
+    if value is None or isinstance(value, DicomSequence):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "\\".join(_text(v) for v in value)
+    return str(value).strip()
 
 
 def _multi(value: object) -> list[object]:
@@ -170,13 +210,19 @@ class ScanResult:
     unreadable: list[Path] = field(default_factory=list)
 
 
-def scan_headers(paths: Iterable[Path]) -> ScanResult:
-    """Read the header tags of each file; files that are not DICOM are listed, not raised."""
+def scan_headers(paths: Iterable[Path], extra_tags: Iterable[str] = ()) -> ScanResult:
+    """Read the header tags of each file; files that are not DICOM are listed, not raised.
+
+    ``extra_tags`` (DICOM keywords) are read too and kept as text in
+    :attr:`InstanceHeader.extra`, so site rules can match any attribute.
+    """
+    extra = tuple(dict.fromkeys(extra_tags))
+    tags = list(dict.fromkeys((*HEADER_TAGS, *extra)))
     result = ScanResult()
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-            result.headers.append(InstanceHeader.from_dataset(ds, path))
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+            result.headers.append(InstanceHeader.from_dataset(ds, path, extra))
         except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
             result.unreadable.append(path)
     if result.unreadable:

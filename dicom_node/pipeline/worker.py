@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
@@ -46,7 +46,7 @@ from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.dicom_io import CTSeries, read_series, scan_headers
 from models.errors import ModelsError
 from models.predict import Predictor
-from models.series_choice import choose_series
+from models.series_choice import SeriesRule, choose_series, rule_keywords
 from models.slabs import SlabSummary
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class InferenceWorker:
         *,
         hash_key: str,
         unavailable: str | None = None,
+        series_rules: Sequence[SeriesRule] = (),
     ) -> None:
         self.index = index
         self.spool_dir = spool_dir
@@ -97,6 +98,7 @@ class InferenceWorker:
         self.predictor = predictor
         self.deliver = deliver
         self.hash_key = hash_key
+        self.series_rules = tuple(series_rules)  # the site's series_choice.rules
         self.unavailable = unavailable if predictor is None else None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -222,8 +224,10 @@ class InferenceWorker:
         assert self.predictor is not None
         t0 = time.perf_counter()
         paths = [self.spool_dir / row.path for row in self.index.instances(study.study_uid)]
-        scan = scan_headers(paths)
-        choice = choose_series([h for h in scan.headers if h.study_uid == study.study_uid])
+        scan = scan_headers(paths, extra_tags=rule_keywords(self.series_rules))
+        choice = choose_series(
+            [h for h in scan.headers if h.study_uid == study.study_uid], self.series_rules
+        )
         t1 = time.perf_counter()
         outcomes = outcomes_of(choice)
         self.index.set_series_choice(study.study_uid, study.generation, outcomes)

@@ -48,7 +48,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("node: {ae_title: 'THIS_AE_TITLE_IS_TOO_LONG'}\n", "node.ae_title"),
         ("node: {prot: 1}\n", "node.prot"),
         ("study: {quiet_seconds: -1}\n", "study.quiet_seconds"),
-        ("destinations: [{name: p, ae_title: X, host: h, port: 0}]\n", "destinations.0.port"),
+        ("destinations: [{name: p, ae_title: X, host: h, port: 0}]\n", "destinations[0].port"),
         ("bogus: 1\n", "bogus"),
     ],
 )

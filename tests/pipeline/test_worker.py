@@ -145,6 +145,30 @@ def test_not_eligible_studies_are_skipped_with_a_reason_and_nothing_is_sent(
     assert_no_phi(node.log.getvalue(), chest, mr_modality, mr_class)
 
 
+def test_a_site_exclude_rule_skips_the_study_with_the_rule_named(
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    pacs_factory: Callable[..., RecordingPacs],
+) -> None:
+    """series_choice.rules reach the worker; the rule matches an attribute that is not
+    in HEADER_TAGS (ManufacturerModelName), so the worker must scan it too."""
+    pacs = pacs_factory()
+    rule = {
+        "name": "test-rig",
+        "action": "exclude",
+        "match": {"ManufacturerModelName": "phantoms$"},
+        "reason": "phantoms are not patients",
+    }
+    node = start_node([destination(pacs.port)], series_choice={"rules": [rule]})
+    study = phantom(tmp_path / "rig", seed=34, n_slices=10)
+    assert storescu(node.port, study.main.files).returncode == 0
+    row = wait_study(node, study.study_uid, lambda r: r.state in FINAL, "a final state")
+    assert row.state == "skipped"
+    assert row.reason == "no eligible axial CT series (site rule 'test-rig' excluded 1 of 1 series)"
+    assert row.deliveries == ()
+    assert pacs.received == []
+
+
 def test_corrupt_slice_fails_its_study_and_the_node_keeps_serving(
     tmp_path: Path,
     start_node: Callable[..., Node],
