@@ -1,7 +1,8 @@
 """Offline classification of DICOM files on disk: ``dicom-node classify PATH``.
 
-The same steps the worker runs on a received study (series choice, read, predict),
-without any network, so a radiologist or admin can check a study by hand.
+The same steps the worker runs on a received study (series choice, read, slab averaging
+of a thin series, predict), without any network, so a radiologist or admin can check a
+study by hand, and see for every series of the study whether it was read and why not.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.dicom_io import iter_dicom_files, read_series, scan_headers
 from models.errors import ModelsError
 from models.predict import Predictor, SeriesPrediction
@@ -22,15 +24,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StudyResult:
-    """One study's outcome: a prediction, or the reason it was skipped."""
+    """One study's outcome: a prediction, or the reason it was skipped.
+
+    ``n_slices`` counts the source slices read; ``series_choice`` lists every series of
+    the study with the choice's outcome.
+    """
 
     study_uid: str
     series_uid: str | None
     n_slices: int
     prediction: SeriesPrediction | None
     skipped: str | None
+    series_choice: tuple[SeriesOutcome, ...] = ()
 
     def to_json(self, top_k: int = 5) -> dict[str, Any]:
+        slabs = self.prediction.slabs if self.prediction else None
         return {
             "study_uid": self.study_uid,
             "series_uid": self.series_uid,
@@ -38,6 +46,8 @@ class StudyResult:
             "findings": self.prediction.findings() if self.prediction else None,
             "top_slices": self.prediction.top_slices(top_k) if self.prediction else [],
             "skipped": self.skipped,
+            "slabs": slabs.to_json() if slabs is not None else None,
+            "series_choice": [o.to_json() for o in self.series_choice],
         }
 
 
@@ -51,14 +61,17 @@ def classify_path(
     scan = scan_headers(iter_dicom_files(path), extra_tags=rule_keywords(rules))
     for study_uid, headers in group_by_study(scan.headers).items():
         choice = choose_series(headers, rules)
+        outcomes = outcomes_of(choice)
         if not choice.eligible or choice.chosen is None:
-            yield StudyResult(study_uid, None, 0, None, choice.reason)
+            yield StudyResult(study_uid, None, 0, None, choice.reason, outcomes)
             continue
         try:
             series = read_series(choice.headers)
             pred = predictor(series)
         except ModelsError as exc:
             log.warning("classify.failed", extra={"error": str(exc)})
-            yield StudyResult(study_uid, choice.chosen.series_uid, 0, None, f"failed: {exc}")
+            yield StudyResult(
+                study_uid, choice.chosen.series_uid, 0, None, f"failed: {exc}", outcomes
+            )
             continue
-        yield StudyResult(study_uid, series.series_uid, series.n_slices, pred, None)
+        yield StudyResult(study_uid, series.series_uid, series.n_slices, pred, None, outcomes)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dicom_node.config import Settings, load_settings
 from dicom_node.errors import NodeError
 from models.errors import ModelsError
 from models.labels import LABELS
+
+if TYPE_CHECKING:
+    from dicom_node.store.series_outcome import SeriesOutcome
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ICH triage DICOM node.")
 err = Console(stderr=True, soft_wrap=True)
@@ -36,6 +41,21 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _series_table(title: str, outcomes: Sequence[SeriesOutcome]) -> Table:
+    """Every series of a study: description, images, and used / why not (``--json``
+    adds the Series Instance UIDs).
+
+    Descriptions are the scanner's text: escaped, so a ``[`` in one is not rich markup.
+    """
+    table = Table(title=title, title_justify="left")
+    for col in ("series", "images", "outcome"):
+        table.add_column(col)
+    for o in outcomes:
+        outcome = "[green]used[/]" if o.chosen else escape(o.reason or "not chosen")
+        table.add_row(escape(o.label), str(o.instances), outcome)
+    return table
+
+
 @app.command()
 def classify(
     path: Annotated[Path, typer.Argument(help="a DICOM file or a folder of studies")],
@@ -44,6 +64,14 @@ def classify(
     ] = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    slabs: Annotated[
+        bool | None,
+        typer.Option(
+            "--slabs/--no-slabs",
+            help="average a thin series into slabs of the model's slice thickness; "
+            "default: inference.slab_thin_series",
+        ),
+    ] = None,
 ) -> None:
     """Classify the studies under PATH offline (no network) and print the findings."""
     from dicom_node.classify import classify_path
@@ -60,6 +88,7 @@ def classify(
             device=settings.inference.device,
             chunk=settings.inference.slice_chunk,
             amp=settings.inference.amp,
+            slab_thin_series=settings.inference.slab_thin_series if slabs is None else slabs,
         )
     except ModelsError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -73,17 +102,23 @@ def classify(
         out.print("[yellow]demo checkpoint trained on synthetic phantoms: not for clinical use[/]")
     for r in results:
         if r.prediction is None:
-            out.print(f"study {r.study_uid}: [yellow]skipped[/] ({r.skipped})")
-            continue
-        table = Table(title=f"study {r.study_uid} - series {r.series_uid} ({r.n_slices} slices)")
-        table.add_column("finding")
-        table.add_column("probability", justify="right")
-        table.add_column("decision")
-        for label in LABELS:
-            f = r.prediction.findings()[label]
-            mark = "[bold red]PRESENT[/]" if f["present"] else "absent"
-            table.add_row(label, f"{float(f['probability']):.3f}", mark)
-        out.print(table)
+            out.print(f"study {r.study_uid}: [yellow]skipped[/] ({escape(r.skipped or '')})")
+        else:
+            table = Table(
+                title=f"study {r.study_uid} - series {r.series_uid} ({r.n_slices} slices)"
+            )
+            table.add_column("finding")
+            table.add_column("probability", justify="right")
+            table.add_column("decision")
+            for label in LABELS:
+                f = r.prediction.findings()[label]
+                mark = "[bold red]PRESENT[/]" if f["present"] else "absent"
+                table.add_row(label, f"{float(f['probability']):.3f}", mark)
+            out.print(table)
+            if r.prediction.slabs is not None:
+                out.print(f"[cyan]{r.prediction.slabs.describe()}[/]")
+        if r.series_choice:
+            out.print(_series_table(f"series of study {r.study_uid}", r.series_choice))
     if not results:
         out.print(f"no DICOM studies found under {path}")
 
@@ -134,10 +169,20 @@ def studies(
     for col in ("study", "state", "series", "instances", "first received", "last received",
                 "reason"):  # fmt: skip
         table.add_column(col)
+    choices = Table(title="series of each study: used, or why not", title_justify="left")
+    for col in ("study", "series", "images", "outcome"):
+        choices.add_column(col)
     for r in rows:
         table.add_row(r.study_uid, r.state, str(r.series), str(r.instances),
-                      iso(r.first_received), iso(r.last_received), r.reason or "")  # fmt: skip
-    Console().print(table)
+                      iso(r.first_received), iso(r.last_received),
+                      escape(r.reason or ""))  # fmt: skip
+        for o in r.series_choice:
+            outcome = "[green]used[/]" if o.chosen else escape(o.reason or "not chosen")
+            choices.add_row(r.study_uid, escape(o.label), str(o.instances), outcome)
+    console = Console()
+    console.print(table)
+    if choices.row_count:
+        console.print(choices)
 
 
 @app.command()

@@ -100,6 +100,10 @@ class InferenceSection(_Section):
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     slice_chunk: int = Field(32, ge=1, description="slices per backbone forward pass")
     amp: bool = True
+    #: Average a series much thinner than the checkpoint's training slices (spacing below
+    #: 2/3 of it, e.g. 0.625-2.5 mm against 5 mm) into slabs of that thickness before the
+    #: model (models.slabs); the SR and SC say so. ``classify`` follows the same setting.
+    slab_thin_series: bool = True
     stop_timeout_s: float = Field(
         60.0,
         ge=0,

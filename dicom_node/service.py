@@ -208,6 +208,7 @@ class Service:
                 device=s.inference.device,
                 chunk=s.inference.slice_chunk,
                 amp=s.inference.amp,
+                slab_thin_series=s.inference.slab_thin_series,
             )
             log.info(
                 "model.loaded",

@@ -31,11 +31,20 @@ from models.uids import derived_uid
 
 FORMAT = "ich-cnn-lstm"
 FORMAT_VERSION = 1
+#: Slice thickness of the training data when a checkpoint does not say: RSNA 2019 (every
+#: checkpoint made before the field existed) is 5 mm axial, and so are the phantoms.
+DEFAULT_SLICE_THICKNESS_MM = 5.0
 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """Metadata stored beside the weights. All fields are JSON-compatible values."""
+    """Metadata stored beside the weights. All fields are JSON-compatible values.
+
+    ``slice_thickness_mm`` is the slice thickness of the training data: inference
+    averages a much thinner series into slabs of it (:mod:`models.slabs`). Checkpoints
+    written before the field existed load with :data:`DEFAULT_SLICE_THICKNESS_MM` (5 mm),
+    which is what all of them were trained on (RSNA 2019 and the phantoms).
+    """
 
     network: NetworkConfig
     input_size: int = 512
@@ -50,6 +59,7 @@ class CheckpointMeta:
     model_uid: str = ""
     code_version: str = CODE_VERSION
     created: str = ""
+    slice_thickness_mm: float = DEFAULT_SLICE_THICKNESS_MM
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +78,7 @@ class CheckpointMeta:
             "model_uid": self.model_uid,
             "code_version": self.code_version,
             "created": self.created,
+            "slice_thickness_mm": float(self.slice_thickness_mm),
         }
 
     @classmethod
@@ -99,6 +110,12 @@ class CheckpointMeta:
             raise CheckpointError(f"checkpoint input size {size} is out of range")
         if network.num_classes != len(LABELS):
             raise CheckpointError(f"checkpoint has {network.num_classes} outputs, expected 6")
+        try:
+            thickness = float(data.get("slice_thickness_mm", DEFAULT_SLICE_THICKNESS_MM))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError("checkpoint slice_thickness_mm is not a number") from exc
+        if not 0.1 <= thickness <= 20.0:
+            raise CheckpointError(f"checkpoint slice thickness {thickness} mm is out of range")
         return cls(
             network=network,
             input_size=size,
@@ -113,6 +130,7 @@ class CheckpointMeta:
             model_uid=str(data.get("model_uid", "")),
             code_version=str(data.get("code_version", "")),
             created=str(data.get("created", "")),
+            slice_thickness_mm=thickness,
         )
 
 

@@ -1,7 +1,10 @@
-"""Inference as ``pre_process -> predict -> post_process`` for one CT series.
+"""Inference as ``model_series -> pre_process -> predict -> post_process`` for one CT series.
 
 Shared by the node's worker, ``dicom-node classify`` and the training package's
-evaluation, so a probability means the same thing everywhere.
+evaluation, so a probability means the same thing everywhere. ``model_series`` averages
+a thin series into slabs of the checkpoint's training slice thickness
+(:mod:`models.slabs`; on unless the predictor is built with ``slab_thin_series=False``);
+the prediction then has one row per slab and names each slab by its middle source slice.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from models.dicom_io import CTSeries
 from models.labels import LABELS
 from models.network import study_probabilities
 from models.preprocess import hu_to_model_input
+from models.slabs import SlabSummary, to_slabs
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -31,7 +35,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class SeriesPrediction:
-    """Per-slice and per-study probabilities and the decisions taken from them."""
+    """Per-slice and per-study probabilities and the decisions taken from them.
+
+    With ``slabs`` set, the rows of ``slice_probs`` are slabs and ``sop_uids`` names each
+    slab's middle source slice (:mod:`models.slabs`).
+    """
 
     study_uid: str
     series_uid: str
@@ -40,6 +48,7 @@ class SeriesPrediction:
     study_probs: NDArray[np.float32]  # (6,)
     thresholds: tuple[float, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
+    slabs: SlabSummary | None = None
 
     @property
     def present(self) -> NDArray[np.bool_]:
@@ -82,7 +91,12 @@ class Predictor:
     """A loaded checkpoint bound to a device, ready to classify series."""
 
     def __init__(
-        self, checkpoint: LoadedCheckpoint, device: torch.device, chunk: int = 32, amp: bool = True
+        self,
+        checkpoint: LoadedCheckpoint,
+        device: torch.device,
+        chunk: int = 32,
+        amp: bool = True,
+        slab_thin_series: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.meta = checkpoint.meta
@@ -90,16 +104,39 @@ class Predictor:
         self.device = device
         self.chunk = chunk
         self.amp = amp and device.type == "cuda"
+        self.slab_thin_series = slab_thin_series
 
     @classmethod
     def from_path(
-        cls, path: Path, device: str = "auto", chunk: int = 32, amp: bool = True
+        cls,
+        path: Path,
+        device: str = "auto",
+        chunk: int = 32,
+        amp: bool = True,
+        slab_thin_series: bool = True,
     ) -> Predictor:
         dev = resolve_device(device)
-        return cls(load_checkpoint(path, dev), dev, chunk=chunk, amp=amp)
+        return cls(
+            load_checkpoint(path, dev), dev, chunk=chunk, amp=amp, slab_thin_series=slab_thin_series
+        )
+
+    def model_series(self, series: CTSeries) -> tuple[CTSeries, SlabSummary | None]:
+        """The series as the model sees it, and how it was averaged (None: as read).
+
+        A series much thinner than the checkpoint's training slices becomes slabs of that
+        thickness (:mod:`models.slabs`) when ``slab_thin_series`` is on. The worker keeps
+        the returned series for the results: their slice indices are its slabs.
+        """
+        if not self.slab_thin_series:
+            return series, None
+        return to_slabs(series, self.meta.slice_thickness_mm)
 
     def pre_process(self, series: CTSeries) -> torch.Tensor:
-        """HU -> windows -> resize -> ImageNet normalisation, on the model's device."""
+        """HU -> windows -> resize -> ImageNet normalisation, on the model's device.
+
+        Takes the series as given: pass it through :meth:`model_series` first (as
+        ``__call__`` does) for the slab averaging.
+        """
         return hu_to_model_input(series.hu, self.meta.input_size, self.meta.windows, self.device)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +147,10 @@ class Predictor:
         with ctx:
             return self.model.predict_series(x, chunk=self.chunk).float()
 
-    def post_process(self, series: CTSeries, logits: torch.Tensor) -> SeriesPrediction:
+    def post_process(
+        self, series: CTSeries, logits: torch.Tensor, slabs: SlabSummary | None = None
+    ) -> SeriesPrediction:
+        """Probabilities and decisions for ``series`` (the one the model saw)."""
         slice_probs = torch.sigmoid(logits).cpu().numpy().astype(np.float32)
         study = study_probabilities(logits).cpu().numpy().astype(np.float32)
         return SeriesPrediction(
@@ -120,16 +160,18 @@ class Predictor:
             slice_probs=slice_probs,
             study_probs=study,
             thresholds=tuple(self.meta.thresholds),
+            slabs=slabs,
         )
 
     def __call__(self, series: CTSeries) -> SeriesPrediction:
         t0 = time.perf_counter()
-        x = self.pre_process(series)
+        seen, slabs = self.model_series(series)
+        x = self.pre_process(seen)
         t1 = time.perf_counter()
         logits = self.predict(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        pred = self.post_process(series, logits)
+        pred = self.post_process(seen, logits, slabs)
         pred.timings_s.update({"preprocess": t1 - t0, "inference": t2 - t1})
         return pred

@@ -168,6 +168,7 @@ def build_demo_model(
     positive windows; measured, the held-out validation loss after 6 epochs fell from
     0.154 to 0.107 against 0.5); the held-out phantoms keep 0.5.
     """
+    from train.data.phantoms import PhantomSpec
     from train.export import export
     from train.fit import fit
 
@@ -242,6 +243,9 @@ def build_demo_model(
             name="ich-cnn-lstm-phantom-demo",
             trained_on=DEMO_TRAINED_ON,
             demo=True,
+            # what the node averages thin series to: the phantoms' slices (random_spec
+            # keeps PhantomSpec's default thickness)
+            slice_thickness_mm=PhantomSpec().slice_thickness_mm,
             provenance={
                 "data": (
                     f"train.data.phantoms: {train_studies} training phantoms (seeds from "

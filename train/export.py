@@ -73,6 +73,7 @@ def export(
     trained_on: str | None = None,
     demo: bool | None = None,
     provenance: Mapping[str, str] | None = None,
+    slice_thickness_mm: float | None = None,
     tta: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -81,6 +82,8 @@ def export(
 
     ``out`` is a folder (the file becomes ``<out>/weights-<sha8>.pt``) or a ``.pt`` path
     used as is (the demo model's fixed location). Returns the written path.
+    ``slice_thickness_mm`` is the training slices' thickness, which the node averages
+    thinner series to; None keeps the checkpoint's (``fit`` records 5 mm).
     """
     loaded = load_checkpoint(checkpoint, resolve_device(device))
     preds = predict_studies(loaded, store, val_keys, device=device, tta=tta, progress=progress)
@@ -108,6 +111,9 @@ def export(
         name=name if name is not None else old.name,
         trained_on=trained_on if trained_on is not None else old.trained_on,
         demo=demo if demo is not None else old.demo,
+        slice_thickness_mm=(
+            slice_thickness_mm if slice_thickness_mm is not None else old.slice_thickness_mm
+        ),
         model_uid="",
         created="",
     )
@@ -139,6 +145,7 @@ def summary(path: Path) -> dict[str, Any]:
         "backbone": m.network.backbone,
         "lstm": m.network.lstm,
         "input_size": m.input_size,
+        "slice_thickness_mm": m.slice_thickness_mm,
         "thresholds": dict(zip(LABELS, m.thresholds, strict=True)),
         "trained_on": m.trained_on,
         "demo": m.demo,

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from models.checkpoint import (
+    DEFAULT_SLICE_THICKNESS_MM,
     CheckpointMeta,
     atomic_torch_save,
     load_checkpoint,
@@ -61,6 +62,10 @@ from train.schedule import WarmupCosine
 log = logging.getLogger(__name__)
 
 CSV_NAME = "metrics.csv"
+#: Slice thickness of what ``fit`` trains on, recorded in every checkpoint so the node
+#: averages thinner series into slabs of it (models.slabs): RSNA 2019 is 5 mm axial and
+#: the phantoms default to 5 mm; a run on other data passes its own through ``export``.
+TRAINING_SLICE_THICKNESS_MM = DEFAULT_SLICE_THICKNESS_MM
 STATE_NAME = "state.pt"
 
 
@@ -442,6 +447,7 @@ def _fit(
         "windows": tuple(data.train_store.windows),
         "name": cfg.run.name,
         "trained_on": cfg.run.trained_on,
+        "slice_thickness_mm": TRAINING_SLICE_THICKNESS_MM,
     }
     provenance = {
         **data.provenance,

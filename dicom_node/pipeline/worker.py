@@ -5,8 +5,11 @@ restart resumes them); ``processing`` studies found at start-up were interrupted
 back to ``queued``. Two threads form a two-stage pipeline:
 
 * **prepare**: claims the oldest queued study (``processing``), chooses the series
-  (:func:`models.series_choice.choose_series`), reads it to HU and builds the model
-  input; a study with no eligible series ends ``skipped`` with the reason;
+  (:func:`models.series_choice.choose_series`) and records the outcome for every series
+  in the index (``dicom-node studies`` shows why each one was or was not read), reads
+  the chosen one to HU, averages a thin series into slabs of the checkpoint's slice
+  thickness (:meth:`models.predict.Predictor.model_series`) and builds the model input;
+  a study with no eligible series ends ``skipped`` with the reason;
 * **infer**: runs the model, builds SR + SC (:mod:`dicom_node.results.report`), saves them,
   records the findings (``done``) and hands the files to delivery.
 
@@ -39,10 +42,12 @@ from dicom_node.logs import study_key
 from dicom_node.results.common import ResultUIDs
 from dicom_node.results.report import build_results, warm_up
 from dicom_node.store.index import Index, StudyRow, StudyState
+from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.dicom_io import CTSeries, read_series, scan_headers
 from models.errors import ModelsError
 from models.predict import Predictor
 from models.series_choice import SeriesRule, choose_series, rule_keywords
+from models.slabs import SlabSummary
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +61,20 @@ DeliverFn = Callable[[str, int, dict[str, Path]], None]
 
 @dataclass
 class Prepared:
-    """A claimed study after the prepare stage."""
+    """A claimed study after the prepare stage.
+
+    ``series`` is the series as the model sees it (slabs when averaged); ``sources``
+    are the headers of every instance of the chosen series.
+    """
 
     study: StudyRow
     series: CTSeries | None = None
     sources: list[Dataset] = field(default_factory=list)
     x: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    series_choice: tuple[SeriesOutcome, ...] = ()
+    slabs: SlabSummary | None = None
+    n_source_slices: int = 0
 
 
 class InferenceWorker:
@@ -217,6 +229,8 @@ class InferenceWorker:
             [h for h in scan.headers if h.study_uid == study.study_uid], self.series_rules
         )
         t1 = time.perf_counter()
+        outcomes = outcomes_of(choice)
+        self.index.set_series_choice(study.study_uid, study.generation, outcomes)
         if not choice.eligible:
             self._finish(study, "skipped", choice.reason or "no eligible series")
             return None
@@ -224,9 +238,29 @@ class InferenceWorker:
         sources: list[Dataset] = [
             pydicom.dcmread(h.path, stop_before_pixels=True) for h in choice.headers
         ]
-        x = self.predictor.pre_process(series)
+        seen, slabs = self.predictor.model_series(series)
+        x = self.predictor.pre_process(seen)
         t2 = time.perf_counter()
-        return Prepared(study, series, sources, x, {"select": t1 - t0, "read_preprocess": t2 - t1})
+        if slabs is not None:
+            log.info(
+                "study.slabs",
+                extra={
+                    "study": study_key(study.study_uid, self.hash_key),
+                    "slices": slabs.n_slices,
+                    "slabs": slabs.n_slabs,
+                    "spacing_mm": round(slabs.source_spacing_mm, 3),
+                },
+            )
+        return Prepared(
+            study,
+            seen,
+            sources,
+            x,
+            {"select": t1 - t0, "read_preprocess": t2 - t1},
+            series_choice=outcomes,
+            slabs=slabs,
+            n_source_slices=series.n_slices,
+        )
 
     # -- infer stage ------------------------------------------------------------------
 
@@ -287,7 +321,7 @@ class InferenceWorker:
         logits = self.predictor.predict(p.x)
         if self.predictor.device.type == "cuda":
             torch.cuda.synchronize(self.predictor.device)
-        pred = self.predictor.post_process(p.series, logits)
+        pred = self.predictor.post_process(p.series, logits, p.slabs)
         t1 = time.perf_counter()
         previous = self.index.result(study.study_uid)
         supersedes = ResultUIDs(**previous["uids"]) if previous else None
@@ -298,6 +332,7 @@ class InferenceWorker:
             self.predictor.meta,
             generation=study.generation,
             supersedes=supersedes,
+            series_choice=p.series_choice,
         )
         paths = objects.save(self.results_dir / study.study_uid / f"g{study.generation}")
         t2 = time.perf_counter()
@@ -305,7 +340,8 @@ class InferenceWorker:
         result = {
             "generation": study.generation,
             "series_uid": pred.series_uid,
-            "n_slices": p.series.n_slices,
+            "n_slices": p.n_source_slices,
+            "slabs": pred.slabs.to_json() if pred.slabs is not None else None,
             "top_slices": pred.top_slices(),
             "uids": asdict(objects.uids),
             "files": {kind: str(path) for kind, path in paths.items()},
@@ -325,7 +361,7 @@ class InferenceWorker:
             extra={
                 "study": study_key(study.study_uid, self.hash_key),
                 "generation": study.generation,
-                "slices": p.series.n_slices,
+                "slices": p.n_source_slices,
                 "present": int(pred.present.sum()),
                 **{f"{k}_s": round(v, 3) for k, v in timings.items()},
             },

@@ -15,6 +15,9 @@ concept 1386000 is "Intracranial hemorrhage (disorder)", the entry used here.)
   their site. A guessed SNOMED code would be worse than a declared private one.
 * Present / Absent: SCT 52101004 / 272519000 (CID 240); Probability: DCM 122157 with the
   UCUM unit ``1`` (dimensionless, CID 7181).
+* How the input was chosen (series choice, slab averaging): TEXT items named Comment
+  (DCM 121106) in TID 1500's Qualitative Evaluations container, whose concept name
+  (UMLS C0034375) is fixed by the template's row 12 itself (the codedict has no UMLS).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ PRESENT: Final = CodedConcept.from_code(codes.SCT.Present)
 ABSENT: Final = CodedConcept.from_code(codes.SCT.Absent)
 PROBABILITY: Final = CodedConcept.from_code(codes.DCM.Probability)
 UNITLESS: Final = CodedConcept("1", "UCUM", "no units")
+#: TID 1500 row 12 (a literal of the template; UMLS is a PS3.16 Table 8-1 scheme).
+QUALITATIVE_EVALUATIONS: Final = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT: Final = CodedConcept.from_code(codes.DCM.Comment)
 
 
 @dataclass(frozen=True, slots=True)

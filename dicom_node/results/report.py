@@ -8,6 +8,9 @@ the objects with :meth:`ResultObjects.save` and hands the files to
   a re-send is deduplicated by PACS;
 * a new generation (re-processing after late instances) -> new UIDs; the SR lists the
   previous SR in Predecessor Documents Sequence and the SC names the previous SC.
+
+Both say which series was read and why each other series of the study was not (series
+choice), and whether a thin series was averaged into slabs (:mod:`models.slabs`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dicom_node.results.common import (
 )
 from dicom_node.results.sc import build_sc
 from dicom_node.results.sr import build_sr
+from dicom_node.store.series_outcome import SeriesOutcome
 from models.checkpoint import CheckpointMeta
 from models.dicom_io import CTSeries
 from models.predict import SeriesPrediction
@@ -91,16 +95,18 @@ def build_results(
     *,
     generation: int = 0,
     supersedes: ResultUIDs | None = None,
+    series_choice: Sequence[SeriesOutcome] = (),
 ) -> ResultObjects:
     """Build the SR and SC for ``prediction``.
 
     ``sources``: headers (pixels not needed) of every instance of the predicted series;
-    ``series``: the same series as HU (the SC shows its key slices); ``meta``: the
-    checkpoint that made the prediction. ``generation`` is the study's generation in the
-    index (it grows when late instances reopen a study); ``supersedes`` is the result
-    this one replaces, as recorded when it was made (None for a study's first result).
-    It is never guessed from ``generation``: the previous generation may have been
-    skipped, or made from another series or model.
+    ``series``: the series the model saw, as HU (the SC shows its key slices; slabs when
+    the prediction was made on slabs); ``meta``: the checkpoint that made the prediction;
+    ``series_choice``: every series of the study with the choice's outcome.
+    ``generation`` is the study's generation in the index (it grows when late instances
+    reopen a study); ``supersedes`` is the result this one replaces, as recorded when it
+    was made (None for a study's first result). It is never guessed from ``generation``:
+    the previous generation may have been skipped, or made from another series or model.
 
     Raises :class:`ReportError` (a ``PermanentError``) when the inputs do not fit
     together; messages carry counts, never patient data or UIDs.
@@ -110,9 +116,9 @@ def build_results(
     algorithm = AlgorithmInfo.from_meta(meta)
     uids = result_uids(prediction.study_uid, prediction.series_uid, meta.model_uid, generation)
     t0 = time.perf_counter()
-    sr = build_sr(prediction, sources, algorithm, uids, supersedes)
+    sr = build_sr(prediction, sources, algorithm, uids, supersedes, series_choice)
     t1 = time.perf_counter()
-    sc = build_sc(prediction, sources, series, algorithm, uids, supersedes)
+    sc = build_sc(prediction, sources, series, algorithm, uids, supersedes, series_choice)
     t2 = time.perf_counter()
     log.info(
         "report.built",

@@ -2,10 +2,12 @@
 
 One 1024 x 1024 image (matplotlib, Agg backend, no display needed): a red banner "NOT
 FOR DIAGNOSTIC USE", a "DEMO MODEL - PHANTOM-TRAINED" line for the demo checkpoint, the
-key slices in the brain window (level 40, width 80 HU: METHOD.md "three windows"), the
-findings table (probability, threshold, decision) and the per-slice probability curve,
-inferior to superior. No patient name or ID is drawn: the viewer shows those from the
-header, and pixels cannot be de-identified later.
+key slices in the brain window (level 40, width 80 HU: METHOD.md "three windows"), two
+lines on the input ("series used: <description> (<n> images)", slab averaging when a thin
+series was averaged, "skipped: <n> (<reason>, ...)" for the study's other series, cut to
+fit), the findings table (probability, threshold, decision) and the per-slice (per-slab)
+probability curve, inferior to superior. No patient name or ID is drawn: the viewer shows
+those from the header, and pixels cannot be de-identified later.
 
 Marked DERIVED\\SECONDARY with BurnedInAnnotation YES (PS3.3 C.7.6.1.1.2, C.8.6.2),
 BodyPartExamined copied from the source (without it dciodvfy asks for Laterality).
@@ -35,6 +37,13 @@ from dicom_node.results.common import (
     check_sources,
     identity_header,
 )
+from dicom_node.store.series_outcome import (
+    SeriesOutcome,
+    chosen_of,
+    images,
+    shorten,
+    skipped_summary,
+)
 from models.dicom_io import CTSeries
 from models.labels import LABELS
 from models.predict import SeriesPrediction
@@ -48,6 +57,8 @@ MAX_KEY_SLICES: Final = 4
 BANNER: Final = "NOT FOR DIAGNOSTIC USE"
 DEMO_LINE: Final = "DEMO MODEL - PHANTOM-TRAINED"
 _COLORS: Final = ("black", "tab:purple", "tab:red", "tab:blue", "tab:green", "tab:orange")
+#: Longest input line kept before it is measured: enough for any line that can fit.
+INPUT_LINE_CHARS: Final = 200
 
 
 def brain_window(hu: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -77,10 +88,50 @@ def key_slice_indices(prediction: SeriesPrediction, k: int = MAX_KEY_SLICES) -> 
     return chosen[:k]
 
 
+def input_lines(
+    prediction: SeriesPrediction, series_choice: Sequence[SeriesOutcome], n_sources: int
+) -> tuple[str, str]:
+    """The two lines on the input: the series used (and slabs), the series skipped."""
+    chosen = chosen_of(series_choice)
+    if chosen is not None and chosen.series_uid == prediction.series_uid:
+        used = f"series used: {shorten(chosen.label, 64)} ({images(chosen.instances)})"
+    else:
+        used = f"series used: {images(n_sources)}"
+    if prediction.slabs is not None:
+        used += f"; {prediction.slabs.describe()}"
+    skipped = skipped_summary(series_choice) or "no other series in the study"
+    return shorten(used, INPUT_LINE_CHARS), shorten(skipped, INPUT_LINE_CHARS)
+
+
+def _fitted_text(canvas: FigureCanvasAgg, y: float, text: str, color: str) -> None:
+    """One line at the left margin, cut (with "...") until it fits the panel's width.
+
+    Measured with the renderer rather than counted in characters, so a description of
+    wide letters is cut where it really leaves the image.
+    """
+    fig = canvas.figure
+    artist = fig.text(0.02, y, text, fontsize=11, color=color, va="center")
+    renderer = canvas.get_renderer()  # type: ignore[no-untyped-call]
+    limit = 0.98 * SIZE
+    while artist.get_window_extent(renderer).x1 > limit and len(text) > 8:
+        cut = max(8, int(len(text) * limit / artist.get_window_extent(renderer).x1) - 1)
+        text = shorten(text, min(cut, len(text) - 1))
+        artist.set_text(text)
+
+
 def render_panel(
-    prediction: SeriesPrediction, series: CTSeries, algorithm: AlgorithmInfo, generation: int = 0
+    prediction: SeriesPrediction,
+    series: CTSeries,
+    algorithm: AlgorithmInfo,
+    generation: int = 0,
+    series_choice: Sequence[SeriesOutcome] = (),
+    n_sources: int | None = None,
 ) -> NDArray[np.uint8]:
-    """The SC's pixels: ``(SIZE, SIZE, 3)`` uint8 RGB."""
+    """The SC's pixels: ``(SIZE, SIZE, 3)`` uint8 RGB.
+
+    ``series`` is the series the model saw (slabs when averaged); ``n_sources`` the
+    number of source images (defaults to the series' slices).
+    """
     if series.sop_uids != prediction.sop_uids:
         raise ReportError("CT series and prediction list different slices")
     fig = Figure(figsize=(SIZE / _DPI, SIZE / _DPI), dpi=_DPI, facecolor="black")
@@ -113,22 +164,30 @@ def render_panel(
         color="white",
     )
 
-    # Key slices, brain window.
+    # Key slices (slabs), brain window.
+    unit = "slab" if prediction.slabs is not None else "slice"
     keys = key_slice_indices(prediction)
     n = max(1, len(keys))
     width = 0.96 / n
     for j, idx in enumerate(keys):
-        ax = fig.add_axes((0.02 + j * width, 0.52, width - 0.01, top - 0.56))
+        ax = fig.add_axes((0.02 + j * width, 0.555, width - 0.01, top - 0.595))
         ax.imshow(brain_window(series.hu[idx]), cmap="gray", vmin=0.0, vmax=1.0)
         ax.set_axis_off()
         ax.set_title(
-            f"slice {idx + 1}/{series.n_slices}  p(any)={prediction.slice_probs[idx, 0]:.2f}",
+            f"{unit} {idx + 1}/{series.n_slices}  p(any)={prediction.slice_probs[idx, 0]:.2f}",
             fontsize=10,
             color="white",
         )
 
+    # What was read, and what was not.
+    used, skipped = input_lines(
+        prediction, series_choice, series.n_slices if n_sources is None else n_sources
+    )
+    _fitted_text(canvas, 0.522, used, color="white")
+    _fitted_text(canvas, 0.497, skipped, color="#c0c0c0")
+
     # Findings table.
-    ax_t = fig.add_axes((0.02, 0.07, 0.42, 0.42))
+    ax_t = fig.add_axes((0.02, 0.07, 0.42, 0.40))
     ax_t.set_axis_off()
     ax_t.set_xlim(0, 1)
     ax_t.set_ylim(0, len(LABELS) + 1.5)
@@ -145,14 +204,14 @@ def render_panel(
         ax_t.text(0.84, y, "PRESENT" if present[i] else "absent", fontsize=13, color=color)
 
     # Per-slice probability curve.
-    ax_c = fig.add_axes((0.53, 0.1, 0.44, 0.36), facecolor="#101010")
+    ax_c = fig.add_axes((0.53, 0.1, 0.44, 0.34), facecolor="#101010")
     z = np.arange(1, series.n_slices + 1)
     for i, label in enumerate(LABELS):
         color = "white" if i == 0 else _COLORS[i]
         ax_c.plot(z, prediction.slice_probs[:, i], color=color, lw=2 if i == 0 else 1, label=label)
     ax_c.set_ylim(-0.02, 1.02)
     ax_c.set_xlim(1, max(2, series.n_slices))
-    ax_c.set_xlabel("slice (inferior -> superior)", color="white")
+    ax_c.set_xlabel(f"{unit} (inferior -> superior)", color="white")
     ax_c.set_ylabel("probability", color="white")
     ax_c.tick_params(colors="white")
     for spine in ax_c.spines.values():
@@ -182,6 +241,7 @@ def build_sc(
     algorithm: AlgorithmInfo,
     uids: ResultUIDs,
     supersedes: ResultUIDs | None = None,
+    series_choice: Sequence[SeriesOutcome] = (),
 ) -> SCImage:
     """The Secondary Capture of ``prediction``, in the source's Patient and Study.
 
@@ -191,7 +251,9 @@ def build_sc(
     """
     by_uid = check_sources(prediction, sources)
     header = identity_header(by_uid[prediction.sop_uids[0]])
-    pixels = render_panel(prediction, series, algorithm, uids.generation)
+    pixels = render_panel(
+        prediction, series, algorithm, uids.generation, series_choice, n_sources=len(by_uid)
+    )
     try:
         sc = SCImage.from_ref_dataset(
             ref_dataset=header,

@@ -14,6 +14,12 @@ The observer is the model as a device (TID 1004, Device Observer UID = model UID
 whole source series is listed as evidence, and VerificationFlag is UNVERIFIED
 (PS3.3 C.17.2): a machine's output, not a signed report. A new generation lists the
 SR it supersedes in Predecessor Documents Sequence (PS3.3 C.17.2.2).
+
+How the input was chosen is in TID 1500's Qualitative Evaluations container (row 12),
+as TEXT items named Comment (DCM 121106): "Series used: ...", one "Series not used:
+..." per other series of the study with the reason, and "Slab averaging: ..." when a
+thin series was averaged into slabs; a slab's key-image references cite its middle
+source slice (:mod:`models.slabs`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from collections.abc import Sequence
 from highdicom.sr import (
     AlgorithmIdentification,
     Comprehensive3DSR,
+    ContainerContentItem,
+    ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
     Measurement,
@@ -31,7 +39,9 @@ from highdicom.sr import (
     ObservationContext,
     ObserverContext,
     QualitativeEvaluation,
+    RelationshipTypeValues,
     SourceImageForMeasurement,
+    TextContentItem,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
@@ -40,9 +50,11 @@ from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.results.codes import (
     ABSENT,
+    COMMENT,
     FINDINGS,
     PRESENT,
     PROBABILITY,
+    QUALITATIVE_EVALUATIONS,
     UNITLESS,
     coding_scheme_identification,
 )
@@ -58,6 +70,7 @@ from dicom_node.results.common import (
     identity_header,
     previous_stub,
 )
+from dicom_node.store.series_outcome import SeriesOutcome, chosen_of, images
 from models.labels import LABELS
 from models.predict import SeriesPrediction
 
@@ -108,23 +121,69 @@ def _group(
     )
 
 
+def input_notes(
+    prediction: SeriesPrediction, n_sources: int, series_choice: Sequence[SeriesOutcome]
+) -> list[str]:
+    """What the SR says about its input: the series used, each series not used, slabs."""
+    chosen = chosen_of(series_choice)
+    if chosen is not None and chosen.series_uid == prediction.series_uid:
+        used = f"{chosen.label} ({images(chosen.instances)})"
+    else:
+        used = images(n_sources)
+    notes = [f"Series used: {used}, Series Instance UID {prediction.series_uid}"]
+    notes += [
+        f"Series not used: {o.label} ({images(o.instances)}), Series Instance UID "
+        f"{o.series_uid}: {o.reason or 'not chosen'}"
+        for o in series_choice
+        if not o.chosen
+    ]
+    if prediction.slabs is not None:
+        notes.append(
+            f"Slab averaging: {prediction.slabs.describe()}; "
+            "image references cite the middle slice of each slab"
+        )
+    return notes
+
+
+def _input_container(notes: Sequence[str]) -> ContainerContentItem:
+    """TID 1500 row 12: the Qualitative Evaluations container with TEXT items (row 14)."""
+    container = ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS,
+        is_content_continuous=False,  # separate statements, not one running text
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = ContentSequence(
+        [
+            TextContentItem(
+                name=COMMENT, value=note, relationship_type=RelationshipTypeValues.CONTAINS
+            )
+            for note in notes
+        ]
+    )
+    return container
+
+
 def build_sr(
     prediction: SeriesPrediction,
     sources: Sequence[Dataset],
     algorithm: AlgorithmInfo,
     uids: ResultUIDs,
     supersedes: ResultUIDs | None = None,
+    series_choice: Sequence[SeriesOutcome] = (),
 ) -> Comprehensive3DSR:
     """The TID 1500 report of ``prediction`` over the source series ``sources`` (headers).
 
     ``sources`` are the chosen series' instances (pixel data not needed); the SR takes
-    Patient and Study from the first and cites all of them as evidence.
-    ``supersedes`` names the earlier generation this report replaces, if any.
+    Patient and Study from the first predicted slice and cites all of them as evidence
+    (every source slice, also those a slab averaged). ``supersedes`` names the earlier
+    generation this report replaces, if any; ``series_choice`` lists every series of
+    the study with the choice's outcome (see the module docstring).
     """
     if prediction.study_probs.shape != (len(LABELS),):
         raise ReportError(f"expected {len(LABELS)} study probabilities")
     by_uid = check_sources(prediction, sources)
-    ordered = [by_uid[u] for u in prediction.sop_uids]
+    first = by_uid[prediction.sop_uids[0]]
+    ordered = [first, *(ds for uid, ds in by_uid.items() if uid != prediction.sop_uids[0])]
     sop_classes = {u: str(by_uid[u].SOPClassUID) for u in prediction.sop_uids}
     algorithm_id = AlgorithmIdentification(
         name=algorithm.name,
@@ -149,6 +208,10 @@ def build_sr(
         procedure_reported=codes.LN.HeadCT,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
+    )
+    # Row 12 follows the Imaging Measurements container (row 6): TID 1500 is ordered.
+    report[0].ContentSequence.append(
+        _input_container(input_notes(prediction, len(by_uid), series_choice))
     )
     evidence = [identity_header(ordered[0]), *(evidence_stub(ds) for ds in ordered[1:])]
     previous = None

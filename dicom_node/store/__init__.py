@@ -1,5 +1,6 @@
 """What is on disk: the durable spool of received files, its write-ahead journal, the
-SQLite index of studies/series/instances, and UID rules.
+SQLite index of studies/series/instances (with each study's ``series_outcome``: what
+series choice decided for every series), and UID rules.
 
 ``uid_scan`` (the fast header walk that finds an instance's four UIDs) lives here rather
 than in ``net`` because ``Spool.put`` and ``reindex`` need it too, and the store sits

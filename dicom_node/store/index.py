@@ -17,7 +17,8 @@ told from the new and superseded.
 
 The schema lives here only, with :data:`SCHEMA_VERSION`. Later issues add columns
 (``findings`` on studies) and tables (``deliveries``) as numbered migrations in
-:data:`_MIGRATIONS`.
+:data:`_MIGRATIONS`; an index file of an older version is brought up to date when it is
+opened, its rows kept.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from dicom_node.errors import NodeError
+from dicom_node.store import series_outcome
+from dicom_node.store.series_outcome import SeriesOutcome
 
 StudyState = Literal["receiving", "complete", "queued", "processing", "done", "failed", "skipped"]
 STATES: Final[tuple[StudyState, ...]] = (
@@ -46,7 +49,7 @@ STATES: Final[tuple[StudyState, ...]] = (
     "skipped",
 )
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -100,8 +103,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
 """
 
+# Version 3: the outcome of series choice for every series of the study (JSON list of
+# :class:`SeriesOutcome`), written by the worker when it chooses; NULL before that.
+_SCHEMA_V3: Final = """
+ALTER TABLE studies ADD COLUMN series_choice TEXT;
+"""
+
 # version -> SQL that brings the schema from version - 1 to version.
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 
 DeliveryState = Literal["pending", "sent", "failed"]
 
@@ -153,6 +162,8 @@ class StudyRow:
     completed_at: float | None
     findings: dict[str, Any] | None = None
     deliveries: tuple[DeliveryRow, ...] = ()
+    #: Every series of the study with the worker's choice (empty until it chose).
+    series_choice: tuple[SeriesOutcome, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +180,7 @@ class StudyRow:
             "state_changed": iso(self.state_changed),
             "completed_at": iso(self.completed_at) if self.completed_at is not None else None,
             "findings": self.findings,
+            "series_choice": [o.to_json() for o in self.series_choice],
             "deliveries": {d.destination: d.to_json() for d in self.deliveries},
         }
 
@@ -204,7 +216,7 @@ _STUDY_SELECT: Final = """
 SELECT s.study_uid, s.state, s.reason, s.generation,
        COUNT(i.sop_uid), COALESCE(SUM(i.eligible), 0), COUNT(DISTINCT i.series_uid),
        COALESCE(SUM(i.size), 0), s.first_received, s.last_received, s.state_changed,
-       s.completed_at, s.findings
+       s.completed_at, s.findings, s.series_choice
 FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid
 """
 
@@ -315,8 +327,8 @@ class Index:
                     generation = int(study[1]) + 1
                     db.execute(
                         "UPDATE studies SET state = 'receiving', reason = NULL, generation = ?, "
-                        "last_received = MAX(last_received, ?), state_changed = ? "
-                        "WHERE study_uid = ?",
+                        "series_choice = NULL, last_received = MAX(last_received, ?), "
+                        "state_changed = ? WHERE study_uid = ?",
                         (generation, row.received, row.received, row.study_uid),
                     )
                 else:
@@ -394,6 +406,21 @@ class Index:
             args.append(generation)
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
+
+    def set_series_choice(
+        self, study_uid: str, generation: int, outcomes: Sequence[SeriesOutcome]
+    ) -> bool:
+        """Record what series choice decided for each series (the worker, when it chose).
+
+        Guarded by ``generation`` like every write of the worker; a reopened study's
+        choice is cleared (:meth:`record`) until it is chosen again.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET series_choice = ? WHERE study_uid = ? AND generation = ?",
+                (series_outcome.dumps(outcomes), study_uid, generation),
+            )
+            return cur.rowcount == 1
 
     def delete_study(self, study_uid: str) -> None:
         with self._tx() as db:
@@ -553,4 +580,5 @@ def _study_row(r: Sequence[Any], deliveries: Sequence[DeliveryRow] = ()) -> Stud
         completed_at=float(r[11]) if r[11] is not None else None,
         findings=json.loads(r[12]) if r[12] else None,
         deliveries=tuple(deliveries),
+        series_choice=series_outcome.loads(r[13]),
     )

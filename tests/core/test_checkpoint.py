@@ -94,6 +94,8 @@ def _tamper(path: Path, key: str, value: object) -> None:
         ("windows", [["brain", 40, 80]], "3 windows"),
         ("format", "other", "not an ich-cnn-lstm checkpoint"),
         ("network", {"backbone": "resnet18", "bogus": 1}, "unknown network settings"),
+        ("slice_thickness_mm", 0.0, "slice thickness"),
+        ("slice_thickness_mm", "thin", "slice_thickness_mm"),
     ],
 )
 def test_mismatched_metadata_refused(tmp_path: Path, key: str, value: object, message: str) -> None:
@@ -119,6 +121,16 @@ def test_missing_and_corrupt_files_refused(tmp_path: Path) -> None:
         read_meta(bad)
 
 
+def test_slice_thickness_is_stored_and_defaults_to_5_mm_for_older_files(tmp_path: Path) -> None:
+    _, path, stored = make(tmp_path, slice_thickness_mm=3.0)
+    assert stored.slice_thickness_mm == 3.0
+    assert read_meta(path).slice_thickness_mm == 3.0
+    payload = torch.load(path, weights_only=True)
+    del payload["meta"]["slice_thickness_mm"]  # as written before the field existed
+    torch.save(payload, path)
+    assert read_meta(path).slice_thickness_mm == 5.0
+
+
 def test_predictor_applies_checkpoint_thresholds(tmp_path: Path) -> None:
     _, path, stored = make(tmp_path)
     pred = Predictor.from_path(path, device="cpu")
@@ -128,7 +140,7 @@ def test_predictor_applies_checkpoint_thresholds(tmp_path: Path) -> None:
         series_uid="1.2.3.4",
         sop_uids=[f"1.2.3.4.{i}" for i in range(7)],
         hu=hu,
-        positions_mm=np.arange(7.0),
+        positions_mm=5.0 * np.arange(7.0),  # the training thickness: read as it is
         pixel_spacing=(0.5, 0.5),
         duplicates_dropped=0,
         quirk_corrected=0,

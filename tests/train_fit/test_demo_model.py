@@ -55,8 +55,12 @@ def test_two_demo_trainings_give_identical_weights(tmp_path: Path) -> None:
 
 
 def test_checkpoint_names_its_recipe(tmp_path: Path) -> None:
-    meta = read_meta(_train(tmp_path / "demo.pt", seed=0))
+    path = _train(tmp_path / "demo.pt", seed=0)
+    meta = read_meta(path)
     assert meta.demo
     assert len(meta.provenance["recipe"]) == 16
     assert meta.provenance["epochs"] == "2"
     assert meta.provenance["threads"] == "2"
+    # written into the file (not only a default on load): the phantoms' slice thickness,
+    # which the node averages thin series to
+    assert torch.load(path, weights_only=True)["meta"]["slice_thickness_mm"] == 5.0
