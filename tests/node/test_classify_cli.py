@@ -8,12 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.labels import LABELS
-from models.network import CNNLSTM, NetworkConfig
 from train.data.phantoms import PhantomSpec, write_study
 
 
@@ -25,15 +20,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = NetworkConfig(backbone="resnet18", lstm_hidden=16)
-    path = tmp_path_factory.mktemp("ck") / "random.pt"
-    save_checkpoint(path, CNNLSTM(cfg), CheckpointMeta(network=cfg, input_size=64))
-    return path
 
 
 def test_classify_json_lists_every_study(tmp_path: Path, checkpoint: Path) -> None:

@@ -9,22 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 from core.series_corpus import BY_NAME, STUDIES, write_entry
 from pydicom.uid import generate_uid
-
-from models.checkpoint import CheckpointMeta, save_checkpoint
-from models.network import CNNLSTM, NetworkConfig
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = NetworkConfig(backbone="resnet18", lstm_hidden=16)
-    path = tmp_path_factory.mktemp("ck") / "random.pt"
-    save_checkpoint(path, CNNLSTM(cfg), CheckpointMeta(network=cfg, input_size=64))
-    return path
 
 
 def test_corpus_studies_through_classify(tmp_path: Path, checkpoint: Path) -> None:
