@@ -57,6 +57,7 @@ def test_ae_is_retried_ar_fails_once_and_the_message_carries_the_study(
 
     taken = mllp_receiver.taken()
     assert [code for _, code in taken] == ["AE", "AA"]
+
     def stable(m: Message) -> list[str]:  # MSH-7 and OBR-22 are the time of the attempt
         return [s for s in m.to_er7().split("\r") if not s.startswith(("MSH", "OBR"))]
 
