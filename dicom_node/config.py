@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -112,7 +112,20 @@ class InferenceSection(_Section):
     )
 
 
-class Destination(_Section):
+class _Retried(_Section):
+    """How a delivery of any kind (PACS, webhook, HL7) is retried after a transient error."""
+
+    max_attempts: int = Field(8, ge=1)
+    retry_base_s: float = Field(30.0, gt=0, description="first retry delay; doubles each time")
+    retry_cap_s: float = Field(3600.0, gt=0)
+
+
+#: Prefixes of the delivery rows of notifications (``webhook:ris``): a PACS destination's
+#: row is its bare name, so a PACS name must not start with one of them.
+NOTIFY_PREFIXES: Final = ("webhook:", "hl7:")
+
+
+class Destination(_Retried):
     """A PACS (or any Storage SCP) that receives our results."""
 
     name: str
@@ -120,11 +133,78 @@ class Destination(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
     send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
-    max_attempts: int = Field(8, ge=1)
-    retry_base_s: float = Field(30.0, gt=0, description="first retry delay; doubles each time")
-    retry_cap_s: float = Field(3600.0, gt=0)
 
     _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value.startswith(NOTIFY_PREFIXES):
+            raise ValueError(f"must not start with {' or '.join(NOTIFY_PREFIXES)}")
+        return value
+
+
+_NOTIFY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class _Notification(_Retried):
+    """What every notification target has: a name (in ``studies --json`` and the log),
+    whether it hears only of positive studies, and how long one attempt may take."""
+
+    name: str
+    only_positive: bool = False
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NOTIFY_NAME_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+
+class Webhook(_Notification):
+    """A JSON POST per finished study (chat, RIS, a worklist), signed with ``secret``."""
+
+    url: str
+    #: HMAC-SHA256 key of ``X-ICH-Signature``; from the environment rather than the file:
+    #: ``ICH_NOTIFY__WEBHOOKS='[{"name": ..., "secret": ...}]'`` (or a file readable by
+    #: the node only).
+    secret: str = Field(min_length=16)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class Hl7Target(_Notification):
+    """An HL7 v2.5 receiver of ORU^R01 results over MLLP (a RIS or an interface engine)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    sending_application: str = "ICHNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+
+class NotifySection(_Section):
+    """Notifications of finished studies besides the DICOM results: webhooks and HL7."""
+
+    webhooks: list[Webhook] = Field(default_factory=list)
+    hl7: list[Hl7Target] = Field(default_factory=list)
+
+    @field_validator("webhooks", "hl7")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        names = [t.name for t in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names must be unique (repeated: {', '.join(repeated)})")
+        return value
 
 
 def _keyword(value: str) -> str:
@@ -191,6 +271,13 @@ class WebSection(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: How others reach the page (behind a proxy: ``https://ich.hospital.org``); empty =
+    #: ``http://<host>:<port>``. Notifications link ``<base_url>/studies/<study key>``.
+    base_url: str = ""
+
+    def study_link(self, key: str) -> str:
+        base = self.base_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        return f"{base}/studies/{key}"
 
 
 class LoggingSection(_Section):
@@ -222,6 +309,7 @@ class Settings(BaseSettings):
         ]
     )
     web: WebSection = Field(default_factory=WebSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     base_dir: Path = Field(default=Path(), exclude=True)
 

@@ -49,11 +49,14 @@ from dicom_node.pipeline.assembly import (
     unregister_runtime,
 )
 from dicom_node.pipeline.delivery import (
+    Channel,
     Deliverer,
     DeliverySettings,
+    PacsChannel,
     register_deliverer,
     unregister_deliverer,
 )
+from dicom_node.pipeline.notifying import notify_channels
 from dicom_node.pipeline.scheduler import StudyScheduler
 from dicom_node.store.index import Index
 from dicom_node.store.spool import Spool, Stored
@@ -126,18 +129,19 @@ class Service:
         )
         hooks = list(self._hooks) if self._hooks is not None else list(registered_hooks())
         if s.inference.enabled:
+            scu = DeliverySettings(
+                calling_ae_title=s.node.ae_title,
+                timeouts=ScuTimeouts(
+                    acse_s=s.node.acse_timeout_s,
+                    dimse_s=s.node.dimse_timeout_s,
+                    network_s=s.node.network_timeout_s,
+                ),
+            )
+            channels: list[Channel] = [PacsChannel(d, scu) for d in s.destinations]
             self.deliverer = Deliverer(
                 self.index,
                 self.scheduler,
-                list(s.destinations),
-                DeliverySettings(
-                    calling_ae_title=s.node.ae_title,
-                    timeouts=ScuTimeouts(
-                        acse_s=s.node.acse_timeout_s,
-                        dimse_s=s.node.dimse_timeout_s,
-                        network_s=s.node.network_timeout_s,
-                    ),
-                ),
+                channels + notify_channels(s, self.index),
                 runtime_key=self.key,
                 hash_key=s.logging.hash_key,
             )

@@ -1,14 +1,21 @@
-"""Deliveries of results to PACS: durable, retried with backoff, once per destination.
+"""Deliveries of results: durable, retried with backoff, once per destination.
+
+A destination is a :class:`Channel`: a PACS (:class:`PacsChannel`, the SR/SC over C-STORE)
+or a notification (:mod:`dicom_node.pipeline.notifying`: webhook, HL7), each with the
+same retry policy keys (``max_attempts``, ``retry_base_s``, ``retry_cap_s``).
 
 Each (study, destination) has one row in the index's ``deliveries`` table and, while
 ``pending``, one persistent APScheduler job ``deliver:<study digest>:<destination>``. A job
-sends the saved SR/SC files (:func:`dicom_node.net.scu.send`) and then:
+makes one attempt of its channel (a PACS: the saved SR/SC files through
+:func:`dicom_node.net.scu.send`) and then:
 
 * success -> ``sent`` (the same files, hence the same SOP Instance UIDs, are never sent
   again for this generation);
-* transient failure (refused, timeout, abort, 0xA7xx) -> attempts + 1 and a new job at
+* transient failure (:class:`~dicom_node.errors.TransientError`: refused, timeout,
+  abort, 0xA7xx, HTTP 5xx, HL7 AE) -> attempts + 1 and a new job at
   ``now + backoff`` (exponential), until ``max_attempts`` -> ``failed``;
-* permanent failure (our AE rejected, 0xC0xx) -> ``failed`` after one attempt.
+* permanent failure (:class:`~dicom_node.errors.PermanentError`: our AE rejected,
+  0xC0xx, HTTP 4xx, HL7 AR) -> ``failed`` after one attempt.
 
 Never N files x M attempts in a tight loop: one association per attempt, one attempt
 per job. Jobs carry only UIDs, the destination name and the runtime key, so they run
@@ -22,17 +29,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from dicom_node.config import Destination
+from dicom_node.errors import PermanentError, TransientError
 from dicom_node.logs import study_key
-from dicom_node.net.scu import (
-    PermanentDeliveryError,
-    ScuTimeouts,
-    TransientDeliveryError,
-    backoff_seconds,
-    send,
-)
+from dicom_node.net.scu import ScuTimeouts, backoff_seconds, send
 from dicom_node.pipeline.runtimes import Runtimes
 from dicom_node.pipeline.scheduler import job_key
 from dicom_node.store.index import DeliveryRow, DeliveryState, Index
@@ -62,34 +64,88 @@ class DeliverySettings:
     timeouts: ScuTimeouts
 
 
+class RetryPolicy(Protocol):
+    """The retry keys every destination's config has (``config._Retried``)."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def retry_base_s(self) -> float: ...
+    @property
+    def retry_cap_s(self) -> float: ...
+
+
+class Channel(Protocol):
+    """One destination of results: what it wants, and one attempt to send to it."""
+
+    #: The row's ``destination`` in the index (a PACS's name, ``webhook:<name>``...).
+    name: str
+
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+    def wants(self, files: dict[str, Path], findings: dict[str, Any] | None) -> bool:
+        """Whether this study's results go here at all (checked once, at enqueue)."""
+        ...
+
+    def send(self, study_uid: str, result: dict[str, Any]) -> float:
+        """One attempt; returns its seconds, raises TransientError or PermanentError."""
+        ...
+
+
+class PacsChannel:
+    """A PACS: the SR and/or SC files of the result over one association per attempt."""
+
+    def __init__(self, dest: Destination, settings: DeliverySettings) -> None:
+        self.name = dest.name
+        self.retry = dest
+        self.dest = dest
+        self.settings = settings
+
+    def wants(self, files: dict[str, Path], findings: dict[str, Any] | None) -> bool:
+        return any(kind in files for kind in self.dest.send)
+
+    def send(self, study_uid: str, result: dict[str, Any]) -> float:
+        files = [Path(result["files"][k]) for k in self.dest.send if k in result["files"]]
+        if any(not p.is_file() for p in files):
+            raise PermanentError("result files are missing")
+        res = send(
+            self.dest,
+            files,
+            calling_ae_title=self.settings.calling_ae_title,
+            timeouts=self.settings.timeouts,
+        )
+        return res.elapsed_s
+
+
 class Deliverer:
-    """Sends results of one node to its configured destinations."""
+    """Sends results of one node to its configured destinations (PACS and notifications)."""
 
     def __init__(
         self,
         index: Index,
         scheduler: JobScheduler,
-        destinations: list[Destination],
-        settings: DeliverySettings,
+        channels: list[Channel],
         *,
         runtime_key: str,
         hash_key: str,
     ) -> None:
         self.index = index
         self.scheduler = scheduler
-        self.destinations = {d.name: d for d in destinations}
-        self.settings = settings
+        self.channels = {c.name: c for c in channels}
         self.runtime_key = runtime_key
         self.hash_key = hash_key
         self._lock = threading.Lock()
 
     def enqueue(self, study_uid: str, generation: int, files: dict[str, Path]) -> None:
         """New results of ``generation``: one pending delivery per destination, sent now."""
-        for dest in self.destinations.values():
-            if not any(kind in files for kind in dest.send):
+        study = self.index.study(study_uid)
+        findings = study.findings if study is not None else None
+        for channel in self.channels.values():
+            if not channel.wants(files, findings):
                 continue
-            self.index.set_delivery(study_uid, dest.name, generation, "pending", 0, None)
-            self._schedule(study_uid, dest.name, time.time())
+            self.index.set_delivery(study_uid, channel.name, generation, "pending", 0, None)
+            self._schedule(study_uid, channel.name, time.time())
 
     def reconcile(self) -> int:
         """At start-up: give every pending delivery without a job one (after a crash or a
@@ -134,41 +190,32 @@ class Deliverer:
     def _attempt(self, study_uid: str, destination: str) -> str:
         key = study_key(study_uid, self.hash_key)
         row = self.index.delivery(study_uid, destination)
-        dest = self.destinations.get(destination)
+        channel = self.channels.get(destination)
         if row is None or row.state != "pending":
             return "skip"
-        if dest is None:
+        if channel is None:
             self._record(row, "failed", row.attempts, "destination no longer configured", key)
             return "failed"
         result = self.index.result(study_uid)
         if result is None or int(result["generation"]) != row.generation:
             self._record(row, "failed", row.attempts, "superseded by a newer result", key)
             return "failed"
-        files = [Path(result["files"][k]) for k in dest.send if k in result["files"]]
-        missing = [p.name for p in files if not p.is_file()]
-        if missing:
-            self._record(row, "failed", row.attempts, "result files are missing", key)
-            return "failed"
         attempts = row.attempts + 1
+        retry = channel.retry
         try:
-            res = send(
-                dest,
-                files,
-                calling_ae_title=self.settings.calling_ae_title,
-                timeouts=self.settings.timeouts,
-            )
-        except TransientDeliveryError as exc:
-            if attempts >= dest.max_attempts:
+            seconds = channel.send(study_uid, result)
+        except TransientError as exc:
+            if attempts >= retry.max_attempts:
                 self._record(row, "failed", attempts, f"gave up after {attempts}: {exc}", key)
                 return "failed"
-            delay = backoff_seconds(attempts, dest.retry_base_s, dest.retry_cap_s)
+            delay = backoff_seconds(attempts, retry.retry_base_s, retry.retry_cap_s)
             self._record(row, "pending", attempts, str(exc), key, retry_in=delay)
             self._schedule(study_uid, destination, time.time() + delay)
             return "pending"
-        except PermanentDeliveryError as exc:
+        except PermanentError as exc:
             self._record(row, "failed", attempts, str(exc), key)
             return "failed"
-        self._record(row, "sent", attempts, None, key, seconds=res.elapsed_s)
+        self._record(row, "sent", attempts, None, key, seconds=seconds)
         return "sent"
 
     def _record(

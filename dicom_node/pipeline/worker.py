@@ -45,6 +45,7 @@ from dicom_node.store.index import Index, StudyRow, StudyState
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.dicom_io import CTSeries, read_series, scan_headers
 from models.errors import ModelsError
+from models.labels import LABELS
 from models.predict import Predictor
 from models.series_choice import SeriesRule, choose_series, rule_keywords
 from models.slabs import SlabSummary
@@ -346,6 +347,11 @@ class InferenceWorker:
             "uids": asdict(objects.uids),
             "files": {kind: str(path) for kind, path in paths.items()},
             "model_uid": self.predictor.meta.model_uid,
+            "model_name": self.predictor.meta.name,
+            # what "present" meant for this result (notifications report it beside each p)
+            "thresholds": dict(
+                zip(LABELS, map(float, self.predictor.meta.thresholds), strict=True)
+            ),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
         if not self.index.save_result(
