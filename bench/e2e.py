@@ -176,6 +176,7 @@ def write_config(root: Path, checkpoint: Path, pacs: Pacs, device: str = "cpu") 
             }
         ],
         "logging": {"level": "INFO", "hash_key": HASH_KEY},
+        "web": {"host": "127.0.0.1", "port": 0},
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")

@@ -17,10 +17,16 @@ What each receiver promises before answering Success:
   fsync, no index: what the library our node is built on costs by itself.
 
 Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
+
+``--ab-scrape`` adds the node with ``/metrics`` scraped every second while it receives
+(a Prometheus at a 1 s interval, far more often than the usual 15-60 s) and the node
+with its web server off, and prints the ratio of each to the plain node (web server on,
+not scraped).
+
 Usage::
 
     .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--only node ...]
-        [--ab-repo ../old-checkout] [--ab-journal]
+        [--ab-repo ../old-checkout] [--ab-journal] [--ab-scrape]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -126,7 +133,7 @@ class OurNode(Receiver):
 
     def __init__(
         self, worker: bool = False, *, repo: Path = REPO, storage: str = "", node: str = "",
-        name: str = "",
+        name: str = "", web: bool = True, scrape_s: float = 0.0,
     ) -> None:  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kb: list[int] = []
@@ -135,19 +142,26 @@ class OurNode(Receiver):
         self.repo = repo  # another checkout (git worktree) for an A/B against older code
         self.storage = storage  # extra `storage:` keys, e.g. "journal_segment_mb: 0"
         self.node = node  # extra `node:` keys, e.g. "engine: pynetdicom"
+        self.web = web  # the HTTP server (/healthz, /readyz, /metrics) on a free port
+        self.scrape_s = scrape_s  # > 0: GET /metrics every scrape_s seconds while running
+        self.scrapes: list[int] = []  # scrapes per run
+        self._scraper: threading.Thread | None = None
+        self._stop_scraping = threading.Event()
         if name:
             self.name = name
 
     def start(self, work: Path) -> int:
         self.work = work
-        port = free_port()
+        port, web_port = free_port(), free_port()
         cfg = work / "config.yaml"
         cfg.write_text(
+            f"web: {{enabled: {'true' if self.web else 'false'}, host: 127.0.0.1,"
+            f" port: {web_port}}}\n"
             f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16"
             f"{', ' + self.node if self.node else ''}}}\n"
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
             f" min_free_disk_mb: 100{', ' + self.storage if self.storage else ''}}}\n"
-            "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
+            + "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
             f"inference: {{enabled: {'true' if self.worker else 'false'}}}\n"
         )
         self.proc = subprocess.Popen(
@@ -155,10 +169,31 @@ class OurNode(Receiver):
             cwd=self.repo, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
         )  # fmt: skip
         wait_port(port)
+        if self.scrape_s > 0:
+            wait_port(web_port)
+            self._stop_scraping.clear()
+            self._scraper = threading.Thread(target=self._scrape, args=(web_port,))
+            self._scraper.start()
         return port
+
+    def _scrape(self, web_port: int) -> None:
+        n = 0
+        url = f"http://127.0.0.1:{web_port}/metrics"
+        while True:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                if b"dicom_node_instances_received_total" not in r.read():
+                    raise RuntimeError("no instance counter in /metrics")
+            n += 1
+            if self._stop_scraping.wait(self.scrape_s):
+                break
+        self.scrapes.append(n)
 
     def stop(self) -> None:
         assert self.proc is not None
+        if self._scraper is not None:
+            self._stop_scraping.set()
+            self._scraper.join()
+            self._scraper = None
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
@@ -360,6 +395,10 @@ def main() -> None:
         "--ab-engine", action="store_true",
         help="also run the node on pynetdicom's server (node.engine: pynetdicom)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ab-scrape", action="store_true",
+        help="also run the node scraped every second (/metrics) and with its web server off",
+    )  # fmt: skip
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
@@ -376,6 +415,9 @@ def main() -> None:
         extra.append(OurNode(storage="journal_segment_mb: 64", name="node, journal on"))
     if args.ab_engine:
         extra.append(OurNode(node="engine: pynetdicom", name="node, pynetdicom engine"))
+    scraped = OurNode(scrape_s=1.0, name="node, /metrics scraped every 1 s")
+    if args.ab_scrape:
+        extra += [scraped, OurNode(web=False, name="node, web server off")]
     rates = run(receivers + extra, files, args.repeat)
     if len(receivers) == 4:
         print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
@@ -390,6 +432,18 @@ def main() -> None:
             if key.split("|")[0] in {x.name for x in extra} | {OurNode.name}:
                 runs = [round(x) for x in r]
                 print(f"- {key}: median {statistics.median(r):.0f} images/s {runs}")
+    if args.ab_scrape:
+        print(f"- scrapes per run while receiving: {scraped.scrapes}")
+        for p in (1, 4):
+            base = statistics.median(rates[f"{OurNode.name}|{p}"])
+            for rx in extra[-2:]:
+                pairs = [
+                    round(a / b, 3)
+                    for a, b in zip(rates[f"{rx.name}|{p}"], rates[f"{OurNode.name}|{p}"],
+                                    strict=True)
+                ]  # fmt: skip
+                ratio = statistics.median(rates[f"{rx.name}|{p}"]) / base
+                print(f"- x{p}: {rx.name} / node = {ratio:.3f} (run by run {pairs})")
 
 
 if __name__ == "__main__":

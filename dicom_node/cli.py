@@ -138,8 +138,9 @@ def serve(config: ConfigOpt = None) -> None:
         err.print(f"[red]error:[/red] cannot start: {exc}")
         service.stop(grace_s=0)
         raise typer.Exit(1) from exc
+    web = f"; http on {settings.web.host}:{service.web_port}" if service.web else ""
     sys.stdout.write(
-        f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}\n"
+        f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}{web}\n"
     )
     sys.stdout.flush()
     service.serve_until_signal()

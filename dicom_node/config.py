@@ -265,8 +265,9 @@ class SeriesChoiceSection(_Section):
 
 
 class WebSection(_Section):
-    """The worklist page and metrics endpoint (not built yet: nothing listens in this
-    version; the keys are part of the config contract, so site files stay valid)."""
+    """The node's HTTP server (:mod:`dicom_node.web`): ``/healthz``, ``/readyz`` and
+    ``/metrics``, open and free of patient data; loopback by default because nothing
+    here authenticates. ``port: 0`` binds any free port (tests)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

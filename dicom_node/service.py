@@ -8,11 +8,13 @@ Start-up order matters for "never lose an acknowledged image":
    left ``processing``), register the assembler and the deliverer, then start the
    scheduler: overdue completion and delivery jobs from the job store run now;
 3. give every ``receiving`` study without a job a deadline (``last + quiet``);
-4. only then listen for associations.
+4. only then listen for associations;
+5. serve HTTP (``web.enabled``): ``/healthz``, ``/readyz``, ``/metrics`` on a thread of
+   its own (:mod:`dicom_node.web.server`), so it never stands in the receive path.
 
 Shutdown reverses it: stop accepting, let running associations finish their current
-store (up to a grace period), stop the scheduler (pending jobs stay in the job store),
-close the index.
+store (up to a grace period), stop the web server, stop the scheduler (pending jobs stay
+in the job store), close the index.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import Settings
 from dicom_node.logs import quiet_pynetdicom
+from dicom_node.metrics import NodeMetrics, NodeState
 from dicom_node.net.acceptor import Acceptor
 from dicom_node.net.handlers import (
+    AssociationLog,
     BusyAssociations,
     RejectLogger,
     StoreHandler,
     handle_echo,
-    log_accepted,
-    log_released,
 )
 from dicom_node.net.scp import NodelayAssociationServer, build_ae, start_server
 from dicom_node.net.scu import ScuTimeouts
@@ -56,13 +58,16 @@ from dicom_node.pipeline.delivery import (
     register_deliverer,
     unregister_deliverer,
 )
+from dicom_node.pipeline.delivery_metrics import MeteredDeliverer
 from dicom_node.pipeline.notifying import notify_channels
 from dicom_node.pipeline.scheduler import StudyScheduler
-from dicom_node.store.index import Index
+from dicom_node.store.index import STATES, Index, StudyRow
 from dicom_node.store.spool import Spool, Stored
 
 if TYPE_CHECKING:  # torch is imported only when inference is enabled (receive-only: ~100 MB)
     from dicom_node.pipeline.worker import InferenceWorker
+    from dicom_node.web.health import Check
+    from dicom_node.web.server import WebServer  # FastAPI only when web.enabled
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,9 @@ class Service:
         self.ae: AE | None = None
         self.server: NodelayAssociationServer | None = None  # engine "pynetdicom"
         self.acceptor: Acceptor | None = None  # engine "native"
+        self.web: WebServer | None = None
+        #: This node's metrics (its own registry: nodes in one process do not clash).
+        self.metrics = NodeMetrics(STATES)
         self._stopped = threading.Event()
         self._busy = BusyAssociations()
 
@@ -108,11 +116,17 @@ class Service:
         assert self.server is not None, "not started"
         return int(self.server.server_address[1])
 
+    @property
+    def web_port(self) -> int:
+        """The bound HTTP port (``web.port: 0`` picks a free one)."""
+        assert self.web is not None, "web server not started (web.enabled false?)"
+        return self.web.port
+
     def start(self) -> None:
         s = self.settings
         quiet_pynetdicom()
         self.index = Index(s.resolve(s.storage.index_db))
-        self.spool = Spool(
+        self.spool = spool = Spool(
             s.resolve(s.storage.spool_dir),
             self.index,
             min_free_mb=s.storage.min_free_disk_mb,
@@ -121,6 +135,9 @@ class Service:
             journal_checkpoint_s=s.storage.journal_checkpoint_s,
         )
         self.spool.reconcile()
+        self.metrics.state.state = NodeState(
+            counts=self.index.counts, spool_bytes=lambda: spool.size, spool_dir=spool.root
+        )
         self.scheduler = StudyScheduler(
             s.resolve(s.storage.jobs_db),
             quiet_seconds=s.study.quiet_seconds,
@@ -128,6 +145,7 @@ class Service:
             debounce_s=self._debounce_s,
         )
         hooks = list(self._hooks) if self._hooks is not None else list(registered_hooks())
+        hooks.append(self._observe_completion)
         if s.inference.enabled:
             scu = DeliverySettings(
                 calling_ae_title=s.node.ae_title,
@@ -138,12 +156,13 @@ class Service:
                 ),
             )
             channels: list[Channel] = [PacsChannel(d, scu) for d in s.destinations]
-            self.deliverer = Deliverer(
+            self.deliverer = MeteredDeliverer(
                 self.index,
                 self.scheduler,
                 channels + notify_channels(s, self.index),
                 runtime_key=self.key,
                 hash_key=s.logging.hash_key,
+                metrics=self.metrics,
             )
             register_deliverer(self.key, self.deliverer)
             self.worker = self._start_worker(self.deliverer)
@@ -172,25 +191,79 @@ class Service:
         if pending:
             log.info("study.deadlines_restored", extra={"studies": pending})
         self.ae = build_ae(s.node)
-        store = StoreHandler(self.spool, s.logging.hash_key, self._on_stored, self._busy)
+        store = StoreHandler(
+            self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics
+        )
         if s.node.engine == "native":
-            self.acceptor = Acceptor(s.node, store.store, self.ae.supported_contexts)
+            self.acceptor = Acceptor(s.node, store.store, self.ae.supported_contexts, self.metrics)
             self.acceptor.start()
-            return
-        handlers: list[EventHandlerType] = [
+        else:
+            self.server = start_server(self.ae, s.node.host, s.node.port, self._handlers(store))
+        if s.web.enabled:
+            self.web = self._start_web()
+
+    def _handlers(self, store: StoreHandler) -> list[EventHandlerType]:
+        s = self.settings
+        assoc_log = AssociationLog(self.metrics)
+        return [
             (evt.EVT_C_STORE, store),
             (evt.EVT_C_ECHO, handle_echo),
             (
                 evt.EVT_REJECTED,
                 RejectLogger(
-                    s.node.ae_title, tuple(s.node.allowed_calling_aets), s.node.require_called_aet
+                    s.node.ae_title,
+                    tuple(s.node.allowed_calling_aets),
+                    s.node.require_called_aet,
+                    self.metrics,
                 ),
             ),
-            (evt.EVT_ACCEPTED, log_accepted),
-            (evt.EVT_RELEASED, log_released),
-            (evt.EVT_ABORTED, log_released),
+            (evt.EVT_ACCEPTED, assoc_log.accepted),
+            (evt.EVT_RELEASED, assoc_log.ended),
+            (evt.EVT_ABORTED, assoc_log.ended),
         ]
-        self.server = start_server(self.ae, s.node.host, s.node.port, handlers)
+
+    def _start_web(self) -> WebServer:
+        """Serve the probes and ``/metrics`` (FastAPI is imported only here)."""
+        from dicom_node.web.app import create_app
+        from dicom_node.web.context import WebContext
+        from dicom_node.web.server import WebServer
+
+        s = self.settings
+        web = WebServer(
+            create_app(WebContext(self.metrics, self.readiness)), s.web.host, s.web.port
+        )
+        web.start()
+        return web
+
+    def readiness(self) -> list[Check]:
+        """Every readiness check now (``/readyz``): model, spool, disk, scheduler, receiver."""
+        from dicom_node.web.health import ReadinessSources
+
+        s = self.settings
+        return ReadinessSources(
+            spool_dir=s.resolve(s.storage.spool_dir),
+            min_free_mb=s.storage.min_free_disk_mb,
+            model=self._model_status,
+            scheduler_running=lambda: self.scheduler is not None and self.scheduler.running,
+            receiver_listening=self._listening,
+        ).checks()
+
+    def _model_status(self) -> tuple[bool, str]:
+        if not self.settings.inference.enabled:
+            return True, "not used (inference.enabled is false: receive only)"
+        if self.worker is None or self.worker.predictor is None:
+            return False, (self.worker.unavailable or "no model") if self.worker else "not started"
+        return True, f"loaded {self.worker.predictor.meta.model_uid}"
+
+    def _listening(self) -> bool:
+        if self._stopped.is_set():
+            return False
+        if self.acceptor is not None:
+            return self.acceptor.listening
+        return self.server is not None
+
+    def _observe_completion(self, study: StudyRow) -> None:
+        self.metrics.study_completed(study.last_received, study.completed_at)
 
     def _start_worker(self, deliverer: Deliverer) -> InferenceWorker:
         """Load the checkpoint once; without a usable one the node still receives.
@@ -214,6 +287,10 @@ class Service:
                 amp=s.inference.amp,
                 slab_thin_series=s.inference.slab_thin_series,
             )
+            self.metrics.model_loaded(
+                predictor.meta.model_uid, predictor.meta.network.backbone,
+                str(predictor.device), predictor.meta.demo,
+            )  # fmt: skip
             log.info(
                 "model.loaded",
                 extra={
@@ -234,6 +311,7 @@ class Service:
             hash_key=s.logging.hash_key,
             unavailable=unavailable,
             series_rules=s.series_choice.series_rules(),
+            metrics=self.metrics,
         )
         worker.start()
         return worker
@@ -266,6 +344,9 @@ class Service:
                 time.sleep(0.05)
             for assoc in self.server.active_associations:
                 assoc.abort()  # past the grace period: the sender retries what we did not ack
+        if self.web is not None:
+            self.web.stop()  # before the index closes: no scrape reads a closed index
+        self.metrics.state.state = None
         if self.spool is not None:
             self.spool.close()  # checkpoint the journal: nothing left to replay at the next start
         if self.worker is not None:

@@ -220,12 +220,14 @@ def main() -> None:
         raise SystemExit("demo: Orthanc is not installed; run `make debs` (apt-get orthanc)")
 
     node_port = settings.node.port if port_free(settings.node.port) else free_port()
+    web_port = settings.web.port if port_free(settings.web.port) else free_port()
     with ExitStack() as stack:
         pacs = OrthancPacs(work / "orthanc", node_port, settings.node.ae_title)
         stack.callback(pacs.stop)
         env = {
             **os.environ,
             "ICH_NODE__PORT": str(node_port),
+            "ICH_WEB__PORT": str(web_port),
             "ICH_STUDY__QUIET_SECONDS": "5",
             "ICH_STORAGE__SPOOL_DIR": str(work / "node" / "spool"),
             "ICH_STORAGE__INDEX_DB": str(work / "node" / "index.sqlite"),
@@ -247,7 +249,8 @@ def main() -> None:
         # the node's graceful shutdown for its whole grace period.
         stack.callback(pacs.stop)
         console.print(
-            f"node: {settings.node.ae_title} on port {node_port} (log {work / 'node.log'})"
+            f"node: {settings.node.ae_title} on port {node_port} (log {work / 'node.log'}), "
+            f"metrics http://{settings.web.host}:{web_port}/metrics"
         )
 
         cases = [

@@ -156,6 +156,8 @@ def write_config(root: Path, **sections: dict[str, Any]) -> Path:
             "min_free_disk_mb": 1,
         },
         "study": {"quiet_seconds": 1},
+        # The web server runs in every test node (as it does by default): any free port.
+        "web": {"host": "127.0.0.1", "port": 0},
         # Receive-only: these tests are about ingest; studies stay ``complete``.
         "inference": {"enabled": False},
         "logging": {"level": "DEBUG", "hash_key": "test-key"},

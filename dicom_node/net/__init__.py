@@ -5,7 +5,8 @@ fallback engine and the shared presentation contexts (``scp``), the C-STORE hand
 hand received bytes to the store (``handlers``), and the Storage SCU that sends results
 (``scu``).
 
-May import: ``dicom_node.store``, the top-level ``config``/``errors``/``logs``, and
+May import: ``dicom_node.store``, the top-level ``config``/``errors``/``logs``/``metrics``
+(the receive path counts instances and associations there), and
 ``models``. Never ``pipeline``, ``results``, ``service`` or ``cli``: the network edge
 knows nothing of what happens to a study after its bytes are durable.
 """

@@ -50,6 +50,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicom_node.config import NodeSection
+from dicom_node.metrics import NodeMetrics
 from dicom_node.net.dimse import (
     A_ABORT,
     A_ASSOCIATE_RQ,
@@ -242,6 +243,7 @@ class Association:
             self._close_socket()
             self.server._forget(self)
             if self.established:
+                self.server.metrics.association_ended()
                 log.info(
                     "assoc.ended",
                     extra={"calling_aet": self.calling_aet, "how": how, "peer": self.peer},
@@ -289,6 +291,7 @@ class Association:
             rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
             out = ul_pdu.A_ASSOCIATE_RJ()
             out.from_primitive(rj)
+            self.server.metrics.association_refused(reason)
             self._send(out.encode())
             log.warning(
                 "assoc.rejected",
@@ -321,6 +324,7 @@ class Association:
         out_ac.from_primitive(ac)
         self._send(out_ac.encode())
         self.established = True
+        self.server.metrics.association_accepted()
         log.info("assoc.accepted", extra={"calling_aet": calling, "peer": self.peer})
         accepted = {
             cx.context_id: cx
@@ -479,9 +483,11 @@ class Acceptor:
 
     def __init__(
         self, node: NodeSection, on_store: StoreFunction,
-        contexts: Sequence[PresentationContext],
+        contexts: Sequence[PresentationContext], metrics: NodeMetrics | None = None,
     ) -> None:  # fmt: skip
         self.node = node
+        #: Counts associations (accepted, open, refused); a private set when none is given.
+        self.metrics = metrics if metrics is not None else NodeMetrics()
         self.on_store = on_store
         self.contexts = list(contexts)
         self.max_instance_bytes = node.max_instance_mb << 20
@@ -498,6 +504,11 @@ class Acceptor:
     def port(self) -> int:
         assert self._listener is not None, "not started"
         return int(self._listener.getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        """Whether new associations are accepted (for the node's readiness probe)."""
+        return self._accepting.is_set() and self._thread is not None and self._thread.is_alive()
 
     @property
     def associations(self) -> list[Association]:
@@ -544,6 +555,7 @@ class Acceptor:
                 # A flood of connections (or one that never speaks) must not grow threads
                 # without bound: past the slack, close at once instead of reading an
                 # A-ASSOCIATE-RQ to reject. Up to then, extras get a proper rejection.
+                self.metrics.association_refused("too-many-connections")
                 self._refusals.warning(
                     "assoc.connection_refused", reason="too-many-connections",
                     limit=self.max_connections,
@@ -564,6 +576,7 @@ class Acceptor:
             except RuntimeError:  # no thread to be had (process limit): refuse this one
                 self._forget(assoc)
                 sock.close()
+                self.metrics.association_refused("no-thread")
                 self._refusals.warning("assoc.connection_refused", reason="no-thread")
         listener.close()
 

@@ -21,6 +21,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.logs import study_key
+from dicom_node.metrics import NodeMetrics
 from dicom_node.store.index import IndexDBError
 from dicom_node.store.spool import (
     CANNOT_UNDERSTAND,
@@ -86,6 +87,7 @@ class StoreHandler:
     hash_key: str
     on_stored: StoredCallback | None = None
     busy: BusyAssociations | None = None
+    metrics: NodeMetrics | None = None
 
     def __call__(self, event: Event) -> int:
         if self.busy is None:
@@ -117,6 +119,15 @@ class StoreHandler:
         Both receive engines end here: the native acceptor passes a view of its receive
         buffer (valid until this returns), pynetdicom's handler the encoded dataset.
         """
+        status = self._store_bytes(data, transfer_syntax, sop_class, sop_instance, calling_aet)
+        if self.metrics is not None and status != SUCCESS:
+            self.metrics.store_refused(status)
+        return status
+
+    def _store_bytes(
+        self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
+        sop_instance: str | None, calling_aet: str,
+    ) -> int:  # fmt: skip
         try:
             ref = parse_dataset(
                 data, transfer_syntax, command_sop_class=sop_class,
@@ -158,6 +169,8 @@ class StoreHandler:
                     "calling_aet": calling_aet,
                 },
             )
+        if self.metrics is not None:
+            self.metrics.instance_stored(len(data), duplicate=not stored.recorded.inserted)
         if self.on_stored is not None and stored.recorded.inserted:
             try:
                 self.on_stored(stored)
@@ -178,6 +191,7 @@ class RejectLogger:
     ae_title: str
     allowed_calling: Sequence[str] = field(default_factory=tuple)
     require_called: bool = True
+    metrics: NodeMetrics | None = None
 
     def __call__(self, event: Event) -> None:
         calling = _calling_aet(event)
@@ -192,6 +206,8 @@ class RejectLogger:
             reason = "calling-ae-not-recognised"
         if self.require_called and called != self.ae_title:
             reason = "called-ae-not-recognised"
+        if self.metrics is not None:
+            self.metrics.association_refused(reason)
         log.warning(
             "assoc.rejected",
             extra={"reason": reason, "calling_aet": calling, "called_aet": called,
@@ -207,14 +223,24 @@ def _peer(event: Event) -> str:
         return ""
 
 
-def log_accepted(event: Event) -> None:
-    """EVT_ACCEPTED: one line per association (peer AE and address only)."""
-    log.info("assoc.accepted", extra={"calling_aet": _calling_aet(event), "peer": _peer(event)})
+@dataclass(frozen=True, slots=True)
+class AssociationLog:
+    """EVT_ACCEPTED and EVT_RELEASED / EVT_ABORTED: one log line each (peer AE and
+    address only) and the open-associations gauge."""
 
+    metrics: NodeMetrics | None = None
 
-def log_released(event: Event) -> None:
-    """EVT_RELEASED / EVT_ABORTED: the association ended (a study may still continue)."""
-    log.info(
-        "assoc.ended",
-        extra={"calling_aet": _calling_aet(event), "how": event.event.name, "peer": _peer(event)},
-    )
+    def accepted(self, event: Event) -> None:
+        if self.metrics is not None:
+            self.metrics.association_accepted()
+        log.info("assoc.accepted", extra={"calling_aet": _calling_aet(event), "peer": _peer(event)})
+
+    def ended(self, event: Event) -> None:
+        """The association ended (a study may still continue)."""
+        if self.metrics is not None:
+            self.metrics.association_ended()
+        log.info(
+            "assoc.ended",
+            extra={"calling_aet": _calling_aet(event), "how": event.event.name,
+                   "peer": _peer(event)},
+        )  # fmt: skip

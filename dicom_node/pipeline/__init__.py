@@ -3,5 +3,6 @@ durable timers (``scheduler``, APScheduler with a persistent job store), the inf
 ``worker``, and ``delivery`` of SR/SC to the destinations with retries.
 
 May import: ``net`` (the SCU), ``results``, ``store``, the top-level
-``config``/``errors``/``logs``, and ``models``. Never ``service`` or ``cli``.
+``config``/``errors``/``logs``/``metrics``, and ``models``. Never ``web`` (its sibling),
+``service`` or ``cli``.
 """

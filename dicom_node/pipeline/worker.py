@@ -39,6 +39,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.errors import NodeError
 from dicom_node.logs import study_key
+from dicom_node.metrics import NodeMetrics
 from dicom_node.results.common import ResultUIDs
 from dicom_node.results.report import build_results, warm_up
 from dicom_node.store.index import Index, StudyRow, StudyState
@@ -92,6 +93,7 @@ class InferenceWorker:
         hash_key: str,
         unavailable: str | None = None,
         series_rules: Sequence[SeriesRule] = (),
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.index = index
         self.spool_dir = spool_dir
@@ -101,6 +103,7 @@ class InferenceWorker:
         self.hash_key = hash_key
         self.series_rules = tuple(series_rules)  # the site's series_choice.rules
         self.unavailable = unavailable if predictor is None else None
+        self.metrics = metrics
         self._wake = threading.Event()
         self._stop = threading.Event()
         # set when stop() gave up waiting: the study in hand is left to the next start
@@ -362,6 +365,8 @@ class InferenceWorker:
                 extra={"study": study_key(study.study_uid, self.hash_key)},
             )
             return
+        if self.metrics is not None:
+            self.metrics.classified(pred.findings(), inference_s=t1 - t0, build_s=t2 - t1)
         log.info(
             "study.done",
             extra={

@@ -242,6 +242,12 @@ class Index:
         except (OSError, sqlite3.Error) as exc:
             raise IndexDBError(f"cannot open index {path}: {exc}") from exc
         self._lock = threading.Lock()
+        #: A second connection for monitoring reads (:meth:`counts`), opened on first use:
+        #: in WAL mode a reader neither waits for the C-STORE path's writer nor takes its
+        #: lock, so a metrics scrape never delays an acknowledgement.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._closed = False
 
     def _migrate(self) -> None:
         version = self._version()
@@ -273,6 +279,11 @@ class Index:
             return self._version()
 
     def close(self) -> None:
+        with self._read_lock:
+            self._closed = True
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self._lock:
             self._db.close()
 
@@ -557,6 +568,23 @@ class Index:
     def known_paths(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT path FROM instances")}
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """Studies per state and pending deliveries, read on the monitoring connection."""
+        with self._read_lock:
+            if self._closed:
+                raise IndexDBError(f"index {self.path} is closed")
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                    isolation_level=None, timeout=5.0,
+                )  # fmt: skip
+            db = self._reader
+            states = dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state"))
+            (pending,) = db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()
+        return {str(k): int(v) for k, v in states.items()}, int(pending)
 
     def total_size(self) -> int:
         with self._lock:
