@@ -68,6 +68,7 @@ from dicom_node.results.common import (
     derived_uid,
     evidence_stub,
     identity_header,
+    mark_processing_algorithm,
     previous_stub,
 )
 from dicom_node.store.series_outcome import SeriesOutcome, chosen_of, images
@@ -244,4 +245,6 @@ def build_sr(
         # highdicom messages may quote dataset content: keep only the exception type.
         raise ReportError(f"SR could not be built: {type(exc).__name__}") from exc
     sr.CodingSchemeIdentificationSequence = coding_scheme_identification()
+    # AIR's (Newcode1, 99IHE) purpose of reference: highdicom refuses it at build time.
+    mark_processing_algorithm(sr, algorithm.model_uid)
     return sr
