@@ -48,6 +48,7 @@ from typing import IO, Final
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom import config as pydicom_config
 
 from models.decode import DecodedSlice, decode_slice
 from models.errors import SeriesError
@@ -64,7 +65,7 @@ MIN_PARALLEL_PIXELS: Final = 16 * 512 * 512
 #: How long :meth:`DecodePool.close` waits for a helper to exit before killing it.
 CLOSE_WAIT_S: Final = 5.0
 
-_TASK = struct.Struct("<IIII")  # slice index, rows, columns, length of the path
+_TASK = struct.Struct("<IIIBI")  # slice index, rows, columns, validation mode, path length
 _RESULT = struct.Struct("<IBBI")  # slice index, status, quirk corrected, payload length
 _OK, _FAILED = 0, 1
 _READY = 0xFFFFFFFF  # index of the message a helper sends once its imports are done
@@ -92,7 +93,9 @@ def helper_main() -> None:
 
     Stray prints (a library writing to stdout) would corrupt the answers, so the answer
     stream is a private copy of fd 1 and fd 1 itself then points to stderr. SIGINT is
-    ignored: Ctrl-C reaches the whole process group, and the parent decides.
+    ignored: Ctrl-C reaches the whole process group, and the parent decides. Each task
+    carries the parent's pydicom reading validation mode (the training cache switches
+    it off for RSNA's non-UID identifiers), so a helper reads a file as the parent would.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     inp = sys.stdin.buffer
@@ -104,8 +107,9 @@ def helper_main() -> None:
         head = inp.read(_TASK.size)
         if len(head) < _TASK.size:
             break
-        index, rows, cols, n = _TASK.unpack(head)
+        index, rows, cols, validation, n = _TASK.unpack(head)
         path = Path(os.fsdecode(inp.read(n)))
+        pydicom_config.settings.reading_validation_mode = validation
         try:
             done = decode_slice(path, rows, cols)
         except SeriesError as exc:
@@ -351,7 +355,7 @@ class _Dispatch:
             while h.ready and h.can_send and len(h.inflight) < PREFETCH and self.pending:
                 index = self.pending.popleft()
                 path = os.fsencode(self.run.paths[index])
-                msg = _TASK.pack(index, self.run.rows, self.run.cols, len(path)) + path
+                msg = self.run.task_head(index, len(path)) + path
                 try:
                     h.stdin.write(msg)
                 except (OSError, ValueError):  # gone, or closed by DecodePool.close()
@@ -409,8 +413,14 @@ class _Run:
         self.in_helpers = 0
         self.errors: dict[int, SeriesError] = {}
 
+    def task_head(self, i: int, path_length: int) -> bytes:
+        """What a helper needs besides the path, with pydicom's current reading validation."""
+        mode = pydicom_config.settings.reading_validation_mode
+        return _TASK.pack(i, self.rows, self.cols, mode, path_length)
+
     def label(self, i: int) -> str:
-        return f"slice {i + 1} of {len(self.paths)} ({self.paths[i].name})"
+        """Position only: spool files are named by SOP Instance UID, which logs must not carry."""
+        return f"slice {i + 1} of {len(self.paths)}"
 
     def fail(self, i: int, detail: str, cause: BaseException | None = None) -> None:
         err = SeriesError(f"{self.label(i)}: {detail}")

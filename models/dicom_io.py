@@ -279,8 +279,8 @@ def read_series(
     series per core (the training cache) passes it. The result does not depend on it.
 
     Raises :class:`SeriesError` when instances are not CT images, carry no pixels, have
-    different Rows/Columns, or cannot be decoded (naming the first bad slice, as
-    "slice i of n (file name)"). Messages name counts, never patients.
+    different Rows/Columns, or cannot be decoded (naming the first bad slice by its
+    position, "slice i of n"). Messages name counts, never patients or UIDs.
     """
     if not headers:
         raise SeriesError("series has no instances")
