@@ -184,7 +184,7 @@ def main() -> None:
     variants = ("before", "sequential", "parallel", "pool", "threads")
     t: dict[str, dict[str, list[float]]] = {n: {v: [] for v in variants} for n in SYNTAXES}
     plugins: dict[str, dict[str, list[float]]] = {n: {} for n in SYNTAXES}
-    with tempfile.TemporaryDirectory() as tmp, DecodePool(max(1, workers - 1)) as pool:
+    with tempfile.TemporaryDirectory() as tmp, DecodePool(workers) as pool:
         print(f"writing a {args.slices}-slice {args.size}x{args.size} phantom series per syntax")
         series = write_series(Path(tmp), args.slices, args.size)
         headers = {n: scan_headers(files).headers for n, files in series.items()}

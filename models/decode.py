@@ -116,7 +116,8 @@ def raw_pixels(ds: Dataset) -> NDArray[np.integer] | NDArray[np.floating]:
         if bits_stored < 16:
             shift = 16 - bits_stored
             if signed:
-                raw = (raw << shift) >> shift  # sign-extend from bit BitsStored-1
+                raw = raw << shift
+                raw >>= shift  # sign-extend from bit BitsStored-1
             else:
                 raw = raw & ((1 << bits_stored) - 1)
         return raw
@@ -144,22 +145,28 @@ def stored_to_hu(
 
 
 def stored_to_hu_counted(
-    ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]
+    ds: Dataset,
+    raw: NDArray[np.integer] | NDArray[np.floating],
+    out: NDArray[np.float32] | None = None,
 ) -> tuple[NDArray[np.float32], bool]:
-    """:func:`stored_to_hu`, plus whether the quirk was corrected (for the count)."""
+    """:func:`stored_to_hu`, plus whether the quirk was corrected (for the count).
+
+    Works in place in ``out`` when given (a decoder helper's reused buffer), with no
+    slice-sized temporaries either way.
+    """
     slope = _float(ds.get("RescaleSlope")) or 1.0
     intercept = _float(ds.get("RescaleIntercept"))
     intercept = 0.0 if intercept is None else intercept
-    hu = raw.astype(np.float32)
+    hu = np.empty(raw.shape, dtype=np.float32) if out is None else out
+    np.copyto(hu, raw, casting="unsafe")  # the same conversion as raw.astype(float32)
     corrected = False
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if not signed and intercept > -100 and raw.dtype.kind in "ui":
         bits = int(ds.get("BitsStored", 16))
         modulus = float(1 << bits)
-        high = hu >= modulus - 1000.0
-        corrected = bool(high.any())
+        corrected = float(hu.max()) >= modulus - 1000.0
         if corrected:
-            hu[high] -= modulus
+            hu[hu >= modulus - 1000.0] -= modulus
     if slope != 1.0:
         hu *= slope
     if intercept != 0.0:
@@ -188,8 +195,11 @@ class DecodedSlice:
     native: bool
 
 
-def decode_slice(path: Path, rows: int, cols: int) -> DecodedSlice:
-    """Read ``path`` and return its pixels in HU; ``SeriesError`` says what went wrong.
+def decode_slice(
+    path: Path, rows: int, cols: int, out: NDArray[np.float32] | None = None
+) -> DecodedSlice:
+    """Read ``path`` and return its pixels in HU (in ``out`` when given, see
+    :func:`stored_to_hu_counted`); ``SeriesError`` says what went wrong.
 
     The message names the problem, not the slice: callers prefix which slice it was.
     """
@@ -201,7 +211,7 @@ def decode_slice(path: Path, rows: int, cols: int) -> DecodedSlice:
         raw = raw_pixels(ds)
         if raw.shape != (rows, cols):
             raise SeriesError(f"pixel array {raw.shape} != ({rows}, {cols})")
-        hu, corrected = stored_to_hu_counted(ds, raw)
+        hu, corrected = stored_to_hu_counted(ds, raw, out)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed header
         raise SeriesError(f"unexpected {type(exc).__name__} while decoding") from exc
     return DecodedSlice(hu, corrected, is_native(ds))

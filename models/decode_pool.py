@@ -1,6 +1,6 @@
-"""Decode the slices of one series on several cores: the calling thread plus helpers.
+"""Decode the slices of one series on several cores, in helper processes.
 
-Why helper *processes*: none of the JPEG decoders pydicom can use releases the GIL
+Why *processes*: none of the JPEG decoders pydicom can use releases the GIL
 (pylibjpeg-libjpeg, pylibjpeg-openjpeg, pyjpegls and python-gdcm do not call
 ``PyEval_SaveThread``, and ``bench/decode.py`` measures two threads decoding no faster
 than one), so a thread pool would decode at one core's speed.
@@ -14,12 +14,18 @@ network, scheduler and inference threads), which is unsafe and deprecated from P
 when its stdin closes, so it cannot outlive its parent, and a codec that crashes on a
 corrupt slice kills the helper, not the node.
 
-The calling thread decodes as well: ``workers=2`` on a 2-core machine is the caller
-plus one helper, and the caller starts on the first slices while helpers boot. Helpers
-get slices only once they report ready, and at most :data:`PREFETCH` at a time, so the
-work spreads by speed (dynamic, not pre-split). Every slice is decoded by the same
-:func:`models.decode.decode_slice`, so the result does not depend on who decoded which
-slice: it is byte-identical to the sequential path.
+Helpers run with glibc's allocator told to keep freed memory (``MALLOC_*`` below):
+with its defaults every slice-sized buffer is mapped fresh from the kernel, and on the
+2-core VM those page faults (500-1100 per slice) cost as much as decoding RLE or JPEG
+Lossless itself. That is tuned in the helpers, which are ours, not in the caller.
+
+``workers`` helpers decode while the calling thread hands out slices and copies the
+answers into the series array, so it holds the GIL only briefly (the node's network
+threads keep running). The caller decodes itself only while no helper is ready: the
+first slices of a plain call, while its helpers boot. Helpers get at most
+:data:`PREFETCH` slices at a time, so the work spreads by speed. Every slice is decoded
+by the same :func:`models.decode.decode_slice`, so the result does not depend on who
+decoded which slice: it is byte-identical to the sequential path.
 
 Errors keep the sequential semantics: the ``SeriesError`` raised is the one of the
 lowest-numbered bad slice. Once a slice fails no further slices are handed out, the
@@ -30,6 +36,7 @@ reported slice is the first bad one, whoever decoded it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import selectors
@@ -56,15 +63,23 @@ from models.errors import SeriesError
 log = logging.getLogger(__name__)
 
 #: Slices sent ahead to one helper: one being decoded, one waiting in its pipe, so it
-#: never idles while the caller is busy decoding a slice of its own.
+#: never idles while the caller is busy with another helper's answer.
 PREFETCH: Final = 2
 #: Without a pool of its own, a series smaller than this (pixels still to decode after
 #: the first slice) is decoded in the calling thread: starting a helper costs ~0.3 s of
 #: CPU, more than 16 compressed 512x512 slices take to decode.
 MIN_PARALLEL_PIXELS: Final = 16 * 512 * 512
+#: Wanted size of a helper's answer pipe: a 512x512 slice in HU and its header.
+PIPE_BYTES: Final = 2 << 20
 #: How long :meth:`DecodePool.close` waits for a helper to exit before killing it.
 CLOSE_WAIT_S: Final = 5.0
 
+#: glibc: buffers under 16 MB come from the heap, and freed memory stays mapped up to
+#: 64 MB, so a helper reuses the same pages slice after slice (see the module doc).
+_HELPER_MALLOC: Final = {
+    "MALLOC_MMAP_THRESHOLD_": str(16 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+}
 _TASK = struct.Struct("<IIIBI")  # slice index, rows, columns, validation mode, path length
 _RESULT = struct.Struct("<IBBI")  # slice index, status, quirk corrected, payload length
 _OK, _FAILED = 0, 1
@@ -103,6 +118,7 @@ def helper_main() -> None:
     os.dup2(2, 1)
     out.write(_RESULT.pack(_READY, _OK, 0, 0))
     out.flush()
+    buf = np.empty(0, dtype=np.float32)  # reused: see models.decode.stored_to_hu_counted
     while True:
         head = inp.read(_TASK.size)
         if len(head) < _TASK.size:
@@ -110,8 +126,10 @@ def helper_main() -> None:
         index, rows, cols, validation, n = _TASK.unpack(head)
         path = Path(os.fsdecode(inp.read(n)))
         pydicom_config.settings.reading_validation_mode = validation
+        if buf.size != rows * cols:
+            buf = np.empty(rows * cols, dtype=np.float32)
         try:
-            done = decode_slice(path, rows, cols)
+            done = decode_slice(path, rows, cols, buf.reshape(rows, cols))
         except SeriesError as exc:
             msg = str(exc).encode()
             out.write(_RESULT.pack(index, _FAILED, 0, len(msg)) + msg)
@@ -150,10 +168,27 @@ def _spawn() -> _Helper:
         stdout=subprocess.PIPE,
         bufsize=0,
         close_fds=True,
+        env={**_HELPER_MALLOC, **os.environ},  # the caller's own settings win
     )
     assert proc.stdin is not None
     assert proc.stdout is not None
+    _widen(proc.stdout)
     return _Helper(proc, proc.stdin, proc.stdout)
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """Grow the answer pipe to hold most of a slice (Linux; 64 KiB by default).
+
+    With 64 KiB a 512x512 slice crosses in 16 turns of writer-blocks, reader-wakes,
+    each a trip through the scheduler; on a busy machine that cost more than decoding
+    RLE. The limit is ``/proc/sys/fs/pipe-max-size`` (1 MiB by default); if it cannot
+    be raised the pipe just keeps its size.
+    """
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, min(limit, PIPE_BYTES))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def _stop(helpers: list[_Helper]) -> None:
@@ -328,7 +363,9 @@ class _Dispatch:
             while True:
                 self._trim_after_error()
                 self._feed()
-                mine = next((i for i in self.pending if i not in self.helper_only), None)
+                mine = None
+                if not any(h.ready and h.can_send for h in self._live()):
+                    mine = next((i for i in self.pending if i not in self.helper_only), None)
                 if mine is not None:
                     self.pending.remove(mine)
                     self.run.decode_here(mine)
@@ -428,6 +465,13 @@ class _Run:
         self.errors[i] = err
 
     def decode_here(self, i: int) -> DecodedSlice | None:
+        """Decode slice ``i`` in this thread, into a fresh array that is then copied.
+
+        Not in place, unlike the helpers: this process's allocator keeps glibc's
+        defaults, and freeing a slice-sized array is what makes glibc keep later ones
+        on its heap (in place, the decoders' own buffers were mapped fresh every slice:
+        500 page faults per RLE slice and 0.6x the speed, measured in a fresh process).
+        """
         try:
             done = decode_slice(self.paths[i], self.rows, self.cols)
         except SeriesError as exc:
@@ -449,7 +493,7 @@ class DecodedSeries:
     hu: NDArray[np.float32]
     quirk_corrected: int
     decoded_by_helpers: int
-    workers: int
+    helpers: int
 
 
 def decode_series(
@@ -463,11 +507,12 @@ def decode_series(
     """Decode ``paths`` (one slice each, in output order) to a (Z, rows, cols) HU array.
 
     The first slice is decoded here; if it is uncompressed the rest is too (reading
-    native pixels costs less than handing them between processes). Otherwise slices
-    spread over ``pool``'s helpers, or, without a pool, over ``workers - 1`` helpers
-    started for this series (``workers`` defaults to :func:`default_workers`;
-    ``workers=1`` decodes in this thread only, even with a pool). Raises the
-    ``SeriesError`` of the lowest-numbered slice that cannot be decoded.
+    native pixels costs less than handing them between processes). Otherwise the
+    slices go to ``pool``'s helpers or, without a pool, to ``workers`` helpers started
+    for this series and stopped before returning (``workers`` defaults to
+    :func:`default_workers`; ``workers=1`` decodes in this thread only, even with a
+    pool). Raises the ``SeriesError`` of the lowest-numbered slice that cannot be
+    decoded.
     """
     if not paths:
         raise SeriesError("series has no instances")
@@ -482,11 +527,11 @@ def decode_series(
     if parallel and pool is not None:
         helpers = pool.decode(run, todo)
     elif parallel and len(todo) * rows * cols >= MIN_PARALLEL_PIXELS:
-        with DecodePool(n_workers - 1) as own:
+        with DecodePool(n_workers) as own:
             helpers = own.decode(run, todo)
     else:
         for i in todo:
             if run.decode_here(i) is None:
                 break
     run.raise_first_error()
-    return DecodedSeries(run.hu, run.quirks, run.in_helpers, 1 + helpers)
+    return DecodedSeries(run.hu, run.quirks, run.in_helpers, helpers)

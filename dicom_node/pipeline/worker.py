@@ -130,7 +130,7 @@ class InferenceWorker:
             log.error("worker.no_model", extra={"reason": self.unavailable or "unknown"})
             return
         workers = default_workers()
-        self._decode_pool = DecodePool(workers - 1) if workers > 1 else None
+        self._decode_pool = DecodePool(workers) if workers > 1 else None
         for name, target in (("prepare", self._prepare_loop), ("infer", self._infer_loop)):
             t = threading.Thread(target=target, name=f"ich-{name}", daemon=True)
             t.start()
