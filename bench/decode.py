@@ -4,23 +4,24 @@ Writes a 512x512 head phantom of ``--slices`` slices (0.625 mm, like a thin head
 reconstruction) in each syntax: JPEG Lossless SV1 through dcmtk ``dcmcjpeg +e1`` (what
 scanners and PACS send; pydicom has no encoder for it), JPEG 2000 lossless, JPEG-LS
 lossless and RLE through pydicom's encoders, and explicit VR little endian. Then, in one
-run, repeat after repeat, it times on each series:
+run, repeat after repeat, it times reading each series to HU with:
 
 * **before**: ``read_series`` as of commit ``BEFORE`` (sequential, pydicom's default
-  decoder order), loaded from git into a child process that cannot import python-gdcm,
-  as the project's dependencies stood before this change;
+  decoder order), loaded from git, in a process that cannot import python-gdcm, as the
+  project's dependencies stood before this change;
 * **sequential**: today's ``read_series(workers=1)`` (the decoder choice alone);
-* **parallel**: today's ``read_series()`` as a plain call (helpers started and stopped
-  inside the call: ``dicom-node classify``, scripts);
-* **pool**: with a :class:`models.decode_pool.DecodePool` started beforehand (the node);
-* **threads**: two threads of sequential decoding with today's decoder (whether the
-  codec releases the GIL: if it did, this would beat sequential);
-* each installed pydicom plugin for the syntax, decode only, on the first
-  ``--decoder-slices`` slices.
+* **parallel**: today's ``read_series()`` as a plain call: helpers started and stopped
+  inside the call, as ``dicom-node classify`` and scripts do;
+* **pool**: with a :class:`models.decode_pool.DecodePool` started beforehand, as the node;
+* **2 threads**: today's per-slice decode in two threads (if the codecs released the
+  GIL, this would beat sequential);
+* each installed pydicom plugin for the syntax, decode only, first ``--decoder-slices``.
 
-Medians of ``--repeat`` runs; ratios against "before". ``--write`` replaces the
-"## Decode" section of BENCHMARKS.md with the tables, the command, the machine and its
-load average. Usage::
+Each variant runs in a fresh child process, variants interleaved, so that no variant
+inherits another's allocator state (on this VM glibc's heap state alone moved a
+sequential RLE read by 2x). Medians of ``--repeat`` runs with min-max; ratios against
+"before". ``--write`` replaces the "## Decode" section of BENCHMARKS.md with the tables,
+the command, the machine and its load average. Usage::
 
     .venv/bin/python bench/decode.py [--slices 240] [--repeat 3] [--workers N] [--write]
 """
@@ -41,6 +42,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,6 +56,7 @@ SYNTAXES = {  # name -> transfer syntax UID
     "RLE lossless": "1.2.840.10008.1.2.5",
     "uncompressed": "1.2.840.10008.1.2.1",
 }
+VARIANTS = ("before", "sequential", "parallel", "pool", "threads")
 DCMCJPEG = "/usr/bin/dcmcjpeg"
 
 
@@ -89,11 +92,11 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-# -- "before": the old read_series in a child process without python-gdcm ----------------
+# -- child processes: one variant over every series -------------------------------------
 
 
-def before_child(spec_path: Path) -> None:
-    """Child mode: time the old ``read_series`` on each series once; print JSON times."""
+def old_dicom_io() -> Any:
+    """``models/dicom_io.py`` of commit ``BEFORE``, without python-gdcm installed."""
     sys.modules["gdcm"] = None  # type: ignore[assignment]  # as before: not a dependency
     source = subprocess.run(
         ["git", "-C", str(REPO), "show", f"{BEFORE}:models/dicom_io.py"],
@@ -104,28 +107,11 @@ def before_child(spec_path: Path) -> None:
     old = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = old  # dataclasses look their module up
     exec(compile(source, f"{BEFORE}:models/dicom_io.py", "exec"), old.__dict__)
-    series = json.loads(spec_path.read_text())
-    times: dict[str, float] = {}
-    for name, files in series.items():
-        headers = old.scan_headers([Path(f) for f in files]).headers
-        times[name] = timed(lambda h=headers: old.read_series(h))
-    print(json.dumps(times))
+    return old
 
 
-def before_times(series: dict[str, list[Path]], spec_path: Path) -> dict[str, float]:
-    spec_path.write_text(json.dumps({k: [str(p) for p in v] for k, v in series.items()}))
-    out = subprocess.run(
-        [sys.executable, __file__, "--before-child", str(spec_path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return {k: float(v) for k, v in json.loads(out.splitlines()[-1]).items()}
-
-
-# -- today's code -----------------------------------------------------------------------
-
-
-def decoder_rates(files: list[Path]) -> dict[str, float]:
-    """Slices/s of each installed plugin, decode only (files read beforehand)."""
+def decoder_times(files: list[Path]) -> dict[str, float]:
+    """Seconds per installed plugin to decode ``files`` (read beforehand)."""
     import pydicom
     from pydicom.pixels.decoders.base import get_decoder
     from pydicom.pixels.utils import pixel_array
@@ -134,18 +120,64 @@ def decoder_rates(files: list[Path]) -> dict[str, float]:
     ts = datasets[0].file_meta.TransferSyntaxUID
     if not ts.is_compressed:
         return {}
-    rates = {}
-    for plugin in get_decoder(ts).available_plugins:
-        t = timed(lambda p=plugin: [pixel_array(ds, decoding_plugin=p) for ds in datasets])
-        rates[plugin] = len(datasets) / t
-    return rates
+    return {
+        plugin: timed(lambda p=plugin: [pixel_array(ds, decoding_plugin=p) for ds in datasets])
+        for plugin in get_decoder(ts).available_plugins
+    }
 
 
-def threads_time(files: list[Path], rows: int, cols: int) -> float:
+def two_threads(files: list[Path], size: int) -> None:
+    """Today's per-slice decode, one slice per task, in two threads."""
     from models.decode import decode_slice
 
     with ThreadPoolExecutor(2) as ex:
-        return timed(lambda: list(ex.map(lambda p: decode_slice(p, rows, cols), files)))
+        list(ex.map(lambda p: decode_slice(p, size, size), files))
+
+
+def child(variant: str, spec_path: Path) -> None:
+    """Child mode: time ``variant`` once on each series; print JSON seconds."""
+    job = json.loads(spec_path.read_text())
+    series = {name: [Path(f) for f in files] for name, files in job["series"].items()}
+    workers, size = job["workers"], job["size"]
+    times: dict[str, Any] = {}
+    if variant == "before":
+        old = old_dicom_io()
+        for name, files in series.items():
+            headers = old.scan_headers(files).headers
+            times[name] = timed(lambda h=headers: old.read_series(h))
+    elif variant == "decoders":
+        for name, files in series.items():
+            times[name] = decoder_times(files[: job["decoder_slices"]])
+    else:
+        from models.decode_pool import DecodePool
+        from models.dicom_io import read_series, scan_headers
+
+        with DecodePool(workers) as pool:
+            if variant == "pool":
+                pool.start(wait=True)
+            for name, files in series.items():
+                h = scan_headers(files).headers
+                if variant == "sequential":
+                    times[name] = timed(lambda h=h: read_series(h, workers=1))
+                elif variant == "parallel":
+                    times[name] = timed(lambda h=h: read_series(h, workers=workers))
+                elif variant == "pool":
+                    times[name] = timed(lambda h=h: read_series(h, pool=pool))
+                elif variant == "threads":
+                    times[name] = timed(lambda f=files: two_threads(f, size))
+    print(json.dumps(times))
+
+
+def run_child(variant: str, spec_path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", variant, str(spec_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+# -- the report --------------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -159,6 +191,74 @@ def machine() -> str:
     return f"{cores} cores usable ({os.cpu_count()} online), {model}, {platform.system()}"
 
 
+def cell(n: int, secs: list[float], before: float | None) -> str:
+    """Median slices/s (min-max), and the ratio to ``before`` (a median time)."""
+    med = statistics.median(secs)
+    text = f"{n / med:.0f} ({n / max(secs):.0f}-{n / min(secs):.0f})"
+    return text if before is None else f"{text} **{before / med:.2f}x**"
+
+
+def report(
+    args: argparse.Namespace,
+    workers: int,
+    t: dict[str, dict[str, list[float]]],
+    dec: dict[str, dict[str, list[float]]],
+    loads: tuple[float, float],
+) -> str:
+    from pydicom.uid import UID
+
+    from models.decode import decoding_plugin
+
+    n = args.slices
+    lines = [
+        "| series | before | sequential | parallel (plain call) | pool (node) | 2 threads |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in SYNTAXES:
+        before = statistics.median(t[name]["before"])
+        cells = [cell(n, t[name]["before"], None)]
+        cells += [cell(n, t[name][v], before) for v in VARIANTS[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    dec_lines = ["| series | plugin: slices/s (median), fastest first |", "|---|---|"]
+    k = args.decoder_slices
+    for name, by_plugin in dec.items():
+        if not by_plugin:
+            continue
+        chosen = decoding_plugin(UID(SYNTAXES[name]))
+        rates = {p: k / statistics.median(v) for p, v in by_plugin.items()}
+        cells = [
+            (f"**{p}**" if p == chosen else p) + f" {r:.0f}"
+            for p, r in sorted(rates.items(), key=lambda kv: -kv[1])
+        ]
+        dec_lines.append(f"| {name} | " + ", ".join(cells) + " |")
+    cmd = " ".join(["bench/decode.py", *(a for a in sys.argv[1:] if a != "--write")])
+    section = [
+        "## Decode",
+        "",
+        f"Command: `.venv/bin/python {cmd}` ({n} slices {args.size}x{args.size} per "
+        f"series, a 0.625 mm head phantom; median of {args.repeat} runs, min-max in "
+        f"brackets; workers = {workers}; each variant in a fresh process, interleaved).",
+        f"Machine: {machine()}; load average {loads[0]:.2f} at the start, "
+        f"{loads[1]:.2f} at the end ({dt.datetime.now(dt.UTC).date().isoformat()}).",
+        "",
+        "Slices/s reading a whole series to HU (`read_series`), ratio against before:",
+        "",
+        *lines,
+        "",
+        f"Decoders, decode only, first {k} slices "
+        "(bold: the one `models.decode.PLUGIN_PREFERENCE` picks):",
+        "",
+        *dec_lines,
+        "",
+        f'"before" is `read_series` of commit `{BEFORE}` without python-gdcm (pydicom\'s '
+        'default plugin order, one thread); "parallel" starts and stops its helpers '
+        'within the call; "pool" uses helpers started beforehand, as the node does; '
+        '"2 threads" decodes with today\'s plugin in two threads of one process.',
+        "",
+    ]
+    return "\n".join(section)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slices", type=int, default=240)
@@ -167,98 +267,49 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="default: usable cores")
     ap.add_argument("--decoder-slices", type=int, default=60)
     ap.add_argument("--write", action="store_true", help="replace '## Decode' in BENCHMARKS.md")
-    ap.add_argument("--before-child", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.before_child is not None:
-        before_child(args.before_child)
+    if args.child is not None:
+        child(args.child[0], Path(args.child[1]))
         return
 
-    from pydicom.uid import UID
-
-    from models.decode import decoding_plugin
     from models.decode_pool import DecodePool, default_workers
     from models.dicom_io import read_series, scan_headers
 
     workers = args.workers or default_workers()
-    load_start = os.getloadavg()
-    variants = ("before", "sequential", "parallel", "pool", "threads")
-    t: dict[str, dict[str, list[float]]] = {n: {v: [] for v in variants} for n in SYNTAXES}
-    plugins: dict[str, dict[str, list[float]]] = {n: {} for n in SYNTAXES}
-    with tempfile.TemporaryDirectory() as tmp, DecodePool(workers) as pool:
+    load_start = os.getloadavg()[0]
+    t: dict[str, dict[str, list[float]]] = {n: {v: [] for v in VARIANTS} for n in SYNTAXES}
+    dec: dict[str, dict[str, list[float]]] = {n: {} for n in SYNTAXES}
+    with tempfile.TemporaryDirectory() as tmp:
         print(f"writing a {args.slices}-slice {args.size}x{args.size} phantom series per syntax")
         series = write_series(Path(tmp), args.slices, args.size)
-        headers = {n: scan_headers(files).headers for n, files in series.items()}
-        pool.start(wait=True)
-        for name, h in headers.items():  # identical output, checked once up front
-            ref = read_series(h, workers=1).hu
-            assert read_series(h, workers=workers).hu.tobytes() == ref.tobytes(), name
-            assert read_series(h, pool=pool).hu.tobytes() == ref.tobytes(), name
+        with DecodePool(workers) as pool:  # identical output, checked once up front
+            for name, files in series.items():
+                h = scan_headers(files).headers
+                ref = read_series(h, workers=1).hu.tobytes()
+                assert read_series(h, workers=workers).hu.tobytes() == ref, name
+                assert read_series(h, pool=pool).hu.tobytes() == ref, name
+        spec_path = Path(tmp) / "job.json"
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "series": {k: [str(p) for p in v] for k, v in series.items()},
+                    "workers": workers,
+                    "size": args.size,
+                    "decoder_slices": args.decoder_slices,
+                }
+            )
+        )
         for r in range(args.repeat):
-            for name, secs in before_times(series, Path(tmp) / "series.json").items():
-                t[name]["before"].append(secs)
-            for name, h in headers.items():
-                t[name]["sequential"].append(timed(lambda h=h: read_series(h, workers=1)))
-                t[name]["parallel"].append(timed(lambda h=h: read_series(h, workers=workers)))
-                if workers > 1:
-                    t[name]["pool"].append(timed(lambda h=h: read_series(h, pool=pool)))
-                t[name]["threads"].append(threads_time(series[name], args.size, args.size))
-                for p, rate in decoder_rates(series[name][: args.decoder_slices]).items():
-                    plugins[name].setdefault(p, []).append(rate)
+            for variant in (*VARIANTS, "decoders"):
+                for name, value in run_child(variant, spec_path).items():
+                    if variant == "decoders":
+                        for plugin, secs in value.items():
+                            dec[name].setdefault(plugin, []).append(secs)
+                    else:
+                        t[name][variant].append(value)
             print(f"  repeat {r + 1}/{args.repeat} done, load average {os.getloadavg()[0]:.2f}")
-    load_end = os.getloadavg()
-
-    n = args.slices
-    rows = []
-    for name in SYNTAXES:
-        med = {v: statistics.median(x) for v, x in t[name].items() if x}
-        rate = {v: n / s for v, s in med.items()}
-        ratio = {v: med["before"] / s for v, s in med.items()}
-        rows.append((name, rate, ratio))
-    head = "| series | before | sequential | parallel (plain call) | pool (node) | 2 threads |"
-    lines = [head, "|---|---|---|---|---|---|"]
-    for name, rate, ratio in rows:
-        cells = [f"{rate['before']:.0f}"]
-        for v in variants[1:]:
-            cells.append(f"{rate[v]:.0f} ({ratio[v]:.2f}x)" if v in rate else "-")
-        cells[2] = f"**{cells[2]}**"
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    dec_lines = ["| series | plugin: slices/s, fastest first |", "|---|---|"]
-    for name, by_plugin in plugins.items():
-        if not by_plugin:
-            continue
-        chosen = decoding_plugin(UID(SYNTAXES[name]))
-        cells = [
-            (f"**{p}**" if p == chosen else p) + f" {statistics.median(v):.0f}"
-            for p, v in sorted(by_plugin.items(), key=lambda kv: -statistics.median(kv[1]))
-        ]
-        dec_lines.append(f"| {name} | " + ", ".join(cells) + " |")
-    cmd = "python bench/decode.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
-    section = [
-        "## Decode",
-        "",
-        f"Command: `.venv/bin/python {cmd.replace('python ', '', 1).strip()}` "
-        f"({args.slices} slices {args.size}x{args.size} per series, 0.625 mm head phantom; "
-        f"median of {args.repeat} runs; workers = {workers}).",
-        f"Machine: {machine()}; load average {load_start[0]:.2f} at the start, "
-        f"{load_end[0]:.2f} at the end ({dt.datetime.now(dt.UTC).date().isoformat()}).",
-        "",
-        "Slices/s reading a whole series to HU (`read_series`), ratio against before:",
-        "",
-        *lines,
-        "",
-        f"Decoders, decode only, first {args.decoder_slices} slices "
-        "(bold: the one `models.decode.PLUGIN_PREFERENCE` picks):",
-        "",
-        *dec_lines,
-        "",
-        '"before" is `read_series` of commit '
-        f"`{BEFORE}` without python-gdcm (pydicom's default plugin order, one thread); "
-        '"parallel" starts and stops its helpers within the call; "pool" uses helpers '
-        'started beforehand, as the node does; "2 threads" decodes with today\'s plugin in '
-        "two threads: no faster than sequential, the codecs hold the GIL.",
-        "",
-    ]
-    text = "\n".join(section)
+    text = report(args, workers, t, dec, (load_start, os.getloadavg()[0]))
     print()
     print(text)
     if args.write:
