@@ -35,6 +35,8 @@ from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -51,6 +53,18 @@ from models.errors import SeriesError
 HU_MIN, HU_MAX = -1024.0, 4095.0
 
 _NATIVE_LE: Final = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+#: Syntaxes that decode in about a millisecond per 512x512 slice (bench/decode.py: RLE
+#: at 1500-2400 slices/s): handing such a slice to another process and its megabyte of
+#: HU back costs as much as decoding it, so :mod:`models.decode_pool` keeps them here.
+CHEAP_SYNTAXES: Final = frozenset(
+    {
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+        RLELossless,
+    }
+)
 _JPEG_LOSSLESS: Final = ("gdcm", "pylibjpeg")
 # pylibjpeg last: it accepts corrupt JPEG-LS streams (see raw_pixels); pyjpegls is a
 # dependency, so it is never reached in a full install.
@@ -188,11 +202,11 @@ def _float(value: object) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class DecodedSlice:
-    """One slice in HU, whether the RSNA quirk was corrected, whether it was compressed."""
+    """One slice in HU, whether the RSNA quirk was corrected, whether it was cheap."""
 
     hu: NDArray[np.float32]
     corrected: bool
-    native: bool
+    cheap: bool  # in CHEAP_SYNTAXES
 
 
 def decode_slice(
@@ -212,6 +226,8 @@ def decode_slice(
         if raw.shape != (rows, cols):
             raise SeriesError(f"pixel array {raw.shape} != ({rows}, {cols})")
         hu, corrected = stored_to_hu_counted(ds, raw, out)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a malformed header
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
+        # a malformed header (OverflowError: an over-long DS under strict validation)
         raise SeriesError(f"unexpected {type(exc).__name__} while decoding") from exc
-    return DecodedSlice(hu, corrected, is_native(ds))
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    return DecodedSlice(hu, corrected, ts in CHEAP_SYNTAXES)

@@ -506,8 +506,9 @@ def decode_series(
 ) -> DecodedSeries:
     """Decode ``paths`` (one slice each, in output order) to a (Z, rows, cols) HU array.
 
-    The first slice is decoded here; if it is uncompressed the rest is too (reading
-    native pixels costs less than handing them between processes). Otherwise the
+    The first slice is decoded here; if its syntax is uncompressed or RLE
+    (:data:`models.decode.CHEAP_SYNTAXES`) the rest is too: those cost less to decode
+    than to hand between processes. Otherwise the
     slices go to ``pool``'s helpers or, without a pool, to ``workers`` helpers started
     for this series and stopped before returning (``workers`` defaults to
     :func:`default_workers`; ``workers=1`` decodes in this thread only, even with a
@@ -523,7 +524,7 @@ def decode_series(
     n_workers = default_workers() if workers is None else max(1, workers)
     todo = range(1, len(paths))
     helpers = 0
-    parallel = not first.native and n_workers > 1
+    parallel = not first.cheap and n_workers > 1
     if parallel and pool is not None:
         helpers = pool.decode(run, todo)
     elif parallel and len(todo) * rows * cols >= MIN_PARALLEL_PIXELS:

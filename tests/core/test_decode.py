@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom import config as pydicom_config
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     UID,
@@ -100,14 +101,14 @@ def test_parallel_equals_sequential_and_the_phantom(
 
 
 @pytest.mark.parametrize("name", list(SYNTAXES))
-def test_helpers_decode_compressed_slices_only(
+def test_helpers_decode_costly_syntaxes_only(
     name: str, studies: dict[str, WrittenStudy], pool: DecodePool
 ) -> None:
     files = studies[name].main.files  # inferior to superior: already the output order
     decoded = decode_series(files, 96, 96, pool=pool)
     np.testing.assert_array_equal(decoded.hu, studies[name].volume.hu.astype(np.float32))
-    if SYNTAXES[name] == ExplicitVRLittleEndian:
-        assert decoded.decoded_by_helpers == 0  # native pixels are cheaper read here
+    if SYNTAXES[name] in (ExplicitVRLittleEndian, RLELossless):
+        assert decoded.decoded_by_helpers == 0  # cheaper decoded here than handed over
         assert decoded.helpers == 0
     else:  # with a ready helper the caller decodes only the first slice
         assert decoded.decoded_by_helpers == len(files) - 1
@@ -123,13 +124,16 @@ def test_unsigned_jpeg_lossless_matches(tmp_path: Path, pool: DecodePool) -> Non
 
 def test_one_shot_pool_leaves_no_process(tmp_path: Path) -> None:
     """Without a pool, read_series starts helpers for the series and stops them."""
-    n = MIN_PARALLEL_PIXELS // (128 * 128) + 2
-    study = write_series(tmp_path, RLELossless, n=n, size=128)
+    n = MIN_PARALLEL_PIXELS // (256 * 256) + 2
+    study = write_series(tmp_path, JPEGLSLossless, n=n, size=256)
     before = child_pids()
+    decoded = decode_series(study.main.files, 256, 256, workers=2)
+    assert decoded.helpers == 2
+    assert child_pids() == before
     parallel = read_series(headers_of(study), workers=2)
     assert child_pids() == before
     sequential = read_series(headers_of(study), workers=1)
-    assert parallel.hu.tobytes() == sequential.hu.tobytes()
+    assert parallel.hu.tobytes() == sequential.hu.tobytes() == decoded.hu.tobytes()
 
 
 def corrupt(path: Path) -> None:
@@ -173,6 +177,36 @@ def test_unreadable_file_named(tmp_path: Path, pool: DecodePool) -> None:
     study.main.files[2].write_bytes(b"not DICOM any more")
     with pytest.raises(SeriesError, match=r"^slice 3 of 8: file cannot be read"):
         read_series(headers, pool=pool)
+
+
+@pytest.mark.parametrize("mode", [pydicom_config.IGNORE, pydicom_config.RAISE])
+def test_helpers_read_as_leniently_as_the_caller(
+    mode: int, tmp_path: Path, pool: DecodePool
+) -> None:
+    """A helper validates values as the caller's pydicom is set to (the training cache
+    switches validation off for RSNA files); slice 4 has an 18-character DS."""
+    study = write_series(tmp_path, JPEG2000Lossless, n=6, size=64)
+    settings = pydicom_config.settings
+    saved = settings.reading_validation_mode, settings.writing_validation_mode
+    try:
+        settings.reading_validation_mode = pydicom_config.IGNORE  # to set the value
+        settings.writing_validation_mode = pydicom_config.IGNORE
+        ds = pydicom.dcmread(study.main.files[3])
+        ds.RescaleSlope = "1.0000000000000000"
+        ds.save_as(study.main.files[3])
+        settings.reading_validation_mode = mode
+        if mode == pydicom_config.IGNORE:
+            series = read_series(headers_of(study), pool=pool)
+            np.testing.assert_array_equal(series.hu, study.volume.hu.astype(np.float32))
+        else:
+            with pytest.raises(SeriesError) as seq:
+                read_series(headers_of(study), workers=1)
+            with pytest.raises(SeriesError) as par:
+                read_series(headers_of(study), pool=pool)
+            assert str(seq.value) == "slice 4 of 6: unexpected OverflowError while decoding"
+            assert str(par.value) == str(seq.value)
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = saved
 
 
 def test_dead_helper_is_replaced(studies: dict[str, WrittenStudy]) -> None:
