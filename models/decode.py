@@ -69,6 +69,8 @@ _JPEG_LOSSLESS: Final = ("gdcm", "pylibjpeg")
 # pylibjpeg last: it accepts corrupt JPEG-LS streams (see raw_pixels); pyjpegls is a
 # dependency, so it is never reached in a full install.
 _JPEG_LS: Final = ("pyjpegls", "gdcm", "pylibjpeg")
+# gdcm decodes JPEG 2000 with OpenJPEG's own threads (1.5 cores busy in one process):
+# faster alone when a core is idle, no faster when the helpers already fill every core.
 _JPEG_2000: Final = ("pylibjpeg", "gdcm", "pillow")
 
 #: Decoding plugins in order of preference per transfer syntax, fastest first, as
