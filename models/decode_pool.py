@@ -19,11 +19,14 @@ with its defaults every slice-sized buffer is mapped fresh from the kernel, and 
 2-core VM those page faults (500-1100 per slice) cost as much as decoding RLE or JPEG
 Lossless itself. That is tuned in the helpers, which are ours, not in the caller.
 
-``workers`` helpers decode while the calling thread hands out slices and copies the
-answers into the series array, so it holds the GIL only briefly (the node's network
-threads keep running). The caller decodes itself only while no helper is ready: the
-first slices of a plain call, while its helpers boot. Helpers get at most
-:data:`PREFETCH` slices at a time, so the work spreads by speed. Every slice is decoded
+Two ways to share the work. The node's pool has one helper per core and the calling
+thread only hands out slices and copies the answers into the series array, so it holds
+the GIL briefly and the node's network threads keep running; it decodes only while no
+helper is ready. A plain :func:`decode_series` call without a pool
+(``caller_decodes``) boots one helper fewer and decodes alongside them from the first
+slice, since booting a helper costs about 0.3 s of CPU and a plain call has no other
+threads to keep responsive. Helpers get at most :data:`PREFETCH` slices at a time, so
+the work spreads by speed. Every slice is decoded
 by the same :func:`models.decode.decode_slice`, so the result does not depend on who
 decoded which slice: it is byte-identical to the sequential path.
 
@@ -242,10 +245,13 @@ class DecodePool:
     or garbage collection, or interpreter exit) ends every helper.
     """
 
-    def __init__(self, helpers: int) -> None:
+    def __init__(self, helpers: int, *, caller_decodes: bool = False) -> None:
+        """``caller_decodes``: the calling thread decodes too, not only when no helper
+        is ready (see the module doc: plain calls, not the node)."""
         if helpers < 1:
             raise ValueError(f"a decode pool needs at least one helper, got {helpers}")
         self.size = helpers
+        self.caller_decodes = caller_decodes
         self._helpers: list[_Helper] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -364,7 +370,9 @@ class _Dispatch:
                 self._trim_after_error()
                 self._feed()
                 mine = None
-                if not any(h.ready and h.can_send for h in self._live()):
+                if self.pool.caller_decodes or not any(
+                    h.ready and h.can_send for h in self._live()
+                ):
                     mine = next((i for i in self.pending if i not in self.helper_only), None)
                 if mine is not None:
                     self.pending.remove(mine)
@@ -509,8 +517,9 @@ def decode_series(
     The first slice is decoded here; if its syntax is uncompressed or RLE
     (:data:`models.decode.CHEAP_SYNTAXES`) the rest is too: those cost less to decode
     than to hand between processes. Otherwise the
-    slices go to ``pool``'s helpers or, without a pool, to ``workers`` helpers started
-    for this series and stopped before returning (``workers`` defaults to
+    slices go to ``pool``'s helpers or, without a pool, are shared by this thread and
+    ``workers - 1`` helpers started for this series and stopped before returning
+    (``workers`` defaults to
     :func:`default_workers`; ``workers=1`` decodes in this thread only, even with a
     pool). Raises the ``SeriesError`` of the lowest-numbered slice that cannot be
     decoded.
@@ -528,7 +537,7 @@ def decode_series(
     if parallel and pool is not None:
         helpers = pool.decode(run, todo)
     elif parallel and len(todo) * rows * cols >= MIN_PARALLEL_PIXELS:
-        with DecodePool(n_workers) as own:
+        with DecodePool(n_workers - 1, caller_decodes=True) as own:
             helpers = own.decode(run, todo)
     else:
         for i in todo:
