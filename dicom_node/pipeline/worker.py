@@ -127,6 +127,19 @@ class InferenceWorker:
             )
         self._wake.set()
 
+    def requeue(self, study_uid: str) -> StudyRow | None:
+        """A user's "reprocess": a finished study (done, failed, skipped) back to ``queued``
+        in its current generation, then wake the worker; None when it is not finished
+        (receiving, or already queued or in processing)."""
+        study = self.index.study(study_uid)
+        if study is None or not self.index.set_state(
+            study_uid, "queued", expect=("done", "failed", "skipped"), generation=study.generation
+        ):
+            return None
+        log.info("study.requeued", extra={"study": study_key(study_uid, self.hash_key)})
+        self._wake.set()
+        return study
+
     def start(self) -> None:
         """Requeue interrupted work, queue completed studies, start the two stages."""
         resumed = 0
