@@ -51,7 +51,7 @@ function row(s) {{
   const tr = el("tr", "row" + (s.positive ? " positive" : ""));
   tr.dataset.key = s.key;
   tr.onclick = () => {{ location.href = "/studies/" + encodeURIComponent(s.key); }};
-  tr.appendChild(el("td", "", s.arrival.replace("T", " ").slice(0, 19)));
+  tr.appendChild(el("td", "", new Date(s.arrival).toLocaleString()));  // the monitor's zone
   const p = el("td");
   p.appendChild(el("div", "", s.patient.name.replace(/\\^/g, " ")));
   p.appendChild(el("div", "muted", s.patient.id));

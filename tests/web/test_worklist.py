@@ -97,6 +97,11 @@ def test_worklist_api_pages_and_actions(
         paged = c.get("/api/studies", params={"limit": 1, "offset": 1}).json()
         assert (paged["total"], [s["key"] for s in paged["studies"]]) == (2, [ko])
         assert c.get("/api/studies", params={"state": "nonsense"}).status_code == 422
+        today = first["arrival"][:10]
+        assert c.get("/api/studies", params={"date_from": today}).json()["total"] == 2
+        later = c.get("/api/studies", params={"date_from": "2999-01-01"}).json()
+        assert later["total"] == 0
+        assert c.get("/api/studies", params={"date_to": "2000-01-01"}).json()["total"] == 0
 
         detail = c.get(f"/api/studies/{kp}").json()
         chosen = [o for o in detail["series_choice"] if o["chosen"]]
