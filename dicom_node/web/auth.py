@@ -207,8 +207,9 @@ router = APIRouter(tags=["auth"])
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(next: str = "/", error: str = "") -> HTMLResponse:
-    return page("Log in", LOGIN_PAGE.format(next=_attr(_safe_next(next)), error=_attr(error)))
+def login_page(next: str = "/") -> HTMLResponse:
+    """The form; errors come only from the POST (no text of a link's choosing here)."""
+    return page("Log in", LOGIN_PAGE.format(next=_attr(_safe_next(next)), error=""))
 
 
 def _attr(text: str) -> str:
