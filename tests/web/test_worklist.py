@@ -26,6 +26,7 @@ from dicom_node.web.studies import worklist_order
 from models.labels import LABELS
 
 PASSWORD = "correct horse battery"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 TOKEN = "tok-0123456789abcdef0123456789abcdef"
 SECRET = "s" * 40
 
@@ -135,9 +136,15 @@ def test_worklist_api_pages_and_actions(
         wait_for(lambda: c.get(f"/api/studies/{kp}").json()["deliveries"]["pacs"]["state"]
                  == "sent", 30, "resend recorded")  # fmt: skip
         # reprocess: through the worker's queue, back to done
+        srs_before = len(pacs.by_class(SR_CLASS))
         resp = c.post(f"/api/studies/{kp}/reprocess", headers={"X-CSRF-Token": csrf})
         assert resp.status_code == 202, resp.text
-        node.wait_state(positive.study_uid, "done", 90)
+        wait_for(lambda: len(pacs.by_class(SR_CLASS)) == srs_before + 1, 90, "reprocessed SR")
+        node.wait_state(positive.study_uid, "done", 30)
+        first_sr, *_, remade = pacs.by_class(SR_CLASS)
+        # same model, series and generation: the same object again, not its own successor
+        assert remade.SOPInstanceUID == first_sr.SOPInstanceUID
+        assert "PredecessorDocumentsSequence" not in remade
         resp = c.post(f"/api/studies/{ko}/resend", headers={"X-CSRF-Token": csrf})
         assert resp.status_code == 409
         assert "not done" in resp.json()["outcome"]
