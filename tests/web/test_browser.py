@@ -1,9 +1,9 @@
 """The worklist in a real browser: Debian's chromium (headless), driven by Playwright.
 
-Log in with the form, see the positive study on top of the polled worklist, open it,
-the key image loads, press "Resend results", see the new delivery attempt and the audit
-row. Screenshots of the worklist and the study page are saved under the test's tmp_path
-(for a person to look at; the assertions do not read it).
+Log in with the form, see a positive study arrive on top of the polled worklist (no
+reload), open it, the key image loads, press "Resend results", see the new delivery
+attempt and the audit row. Screenshots of the worklist and the study page are saved
+under the test's tmp_path (for a person to look at; the assertions do not read it).
 
 Chromium comes from the distribution (``make debs``), never ``playwright install``: no
 download at test time, and the browser a hospital's Debian has.
@@ -46,9 +46,6 @@ def test_login_worklist_study_page_and_resend_in_chromium(
     positive = phantom(tmp_path / "pos", seed=31, n_slices=10)
     assert storescu(node.port, other.main.files).returncode == 0
     node.wait_state(other.study_uid, "skipped", 60)
-    assert storescu(node.port, positive.main.files).returncode == 0
-    node.wait_state(positive.study_uid, "done", 90)
-    wait_for(lambda: node.study(positive.study_uid).deliveries[0].state == "sent", 60, "sent")
     key = study_key(positive.study_uid, "test-key")
     base = f"http://127.0.0.1:{node.service.web_port}"
 
@@ -64,6 +61,16 @@ def test_login_worklist_study_page_and_resend_in_chromium(
             page.wait_for_url(f"{base}/")
             page.wait_for_selector("#worklist tbody tr")
             rows = page.locator("#worklist tbody tr")
+            assert rows.count() == 1  # only the skipped study so far
+            page.evaluate("window.stillTheSamePage = true")
+
+            # The positive arrives while the page is open: polling shows it, on top.
+            assert storescu(node.port, positive.main.files).returncode == 0
+            node.wait_state(positive.study_uid, "done", 90)
+            wait_for(lambda: node.study(positive.study_uid).deliveries[0].state == "sent",
+                     60, "sent")  # fmt: skip
+            page.locator("#worklist tbody tr.positive").wait_for(timeout=30_000)
+            assert page.evaluate("window.stillTheSamePage") is True  # no full reload
             assert rows.count() == 2
             assert rows.nth(0).get_attribute("data-key") == key  # the positive on top
             assert "positive" in (rows.nth(0).get_attribute("class") or "")
@@ -72,10 +79,10 @@ def test_login_worklist_study_page_and_resend_in_chromium(
 
             rows.nth(0).click()
             page.wait_for_url(f"{base}/studies/{key}")
-            page.wait_for_function(
-                "document.getElementById('key-image').complete"
-                " && document.getElementById('key-image').naturalWidth > 0"
-            )
+            # Polled from here: the page's CSP (no eval) stops wait_for_function's poller.
+            wait_for(lambda: page.eval_on_selector("#key-image",
+                                                   "img => img.complete && img.naturalWidth > 0"),
+                     30, "the key image loaded")  # fmt: skip
             assert page.eval_on_selector("#key-image", "img => img.naturalWidth") == 1024
             assert "Present: any" in page.inner_text("#findings-words")
             before = node.study(positive.study_uid).deliveries[0].updated
