@@ -105,19 +105,28 @@ class StudySource:
     actions: StudyActions
     _patients: OrderedDict[tuple[str, int], dict[str, str]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _uids: dict[str, str] = field(default_factory=dict)  # study key -> Study Instance UID
 
     def key(self, study_uid: str) -> str:
         return study_key(study_uid, self.hash_key)
 
     def by_key(self, key: str) -> StudyRow | None:
-        """The study the logs and webhooks call ``key`` (one keyed hash per study)."""
-        for row in self.index.studies():
-            if self.key(row.study_uid) == key:
-                return row
-        return None
+        """The study the logs and webhooks call ``key`` (a keyed hash of its UID).
+
+        The hash cannot be looked up in SQL, so keys are kept in a map from the UIDs
+        alone, refreshed when a key is not in it (a study that arrived since).
+        """
+        with self._lock:
+            uid = self._uids.get(key)
+        if uid is None:
+            fresh = {self.key(u): u for u in self.index.study_uids()}
+            with self._lock:
+                self._uids = fresh
+            uid = fresh.get(key)
+        return self.index.study(uid) if uid is not None else None
 
     def listing(self, flt: StudyFilter) -> list[StudyRow]:
-        return worklist_order([r for r in self.index.studies(flt.states) if flt(r)])
+        return worklist_order([r for r in self.index.browse(flt.states) if flt(r)])
 
     def patient(self, row: StudyRow) -> dict[str, str]:
         """Name, ID, accession, study date and description from a stored header."""

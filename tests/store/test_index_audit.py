@@ -7,8 +7,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from dicom_node.store import index as index_module
-from dicom_node.store.index import SCHEMA_VERSION, Index
+from dicom_node.store.index import SCHEMA_VERSION, Index, IndexDBError
 
 STUDY = "1.2.840.113619.2.55.3.2"
 
@@ -50,3 +52,17 @@ def test_schema_3_index_opens_migrated_and_keeps_an_audit_trail(tmp_path: Path) 
     again.delete_study(STUDY)  # the trail goes with the study
     assert again.audit(STUDY) == []
     again.close()
+
+
+def test_browse_reads_what_studies_reads_on_the_monitoring_connection(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    _schema_3_file(path)
+    index = Index(path)
+    index.set_delivery(STUDY, "pacs", 1, "sent", 2, None)
+    index.set_delivery(STUDY, "webhook:chat", 1, "pending", 1, "HTTP 503")
+    assert index.browse() == index.studies()
+    assert [d.destination for d in index.browse()[0].deliveries] == ["pacs", "webhook:chat"]
+    assert index.browse(("failed",)) == []
+    index.close()
+    with pytest.raises(IndexDBError):
+        index.browse()
