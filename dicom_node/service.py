@@ -236,6 +236,8 @@ class Service:
         ctx = WebContext(self.metrics, self.readiness, Authenticator(s.web), studies)
         web = WebServer(create_app(ctx), s.web.host, s.web.port)
         web.start()
+        if not s.web.users and not s.web.api_tokens:
+            log.warning("web.no_users", extra={"hint": "dicom-node user add NAME"})
         return web
 
     def reprocess(self, study_uid: str) -> str:

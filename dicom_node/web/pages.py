@@ -53,7 +53,9 @@ function row(s) {{
   tr.onclick = () => {{ location.href = "/studies/" + encodeURIComponent(s.key); }};
   tr.appendChild(el("td", "", new Date(s.arrival).toLocaleString()));  // the monitor's zone
   const p = el("td");
-  p.appendChild(el("div", "", s.patient.name.replace(/\\^/g, " ")));
+  const a = el("a", "", s.patient.name.replace(/\\^/g, " ") || "(no name)");
+  a.href = "/studies/" + encodeURIComponent(s.key);  // keyboard: the row's click, as a link
+  p.appendChild(a);
   p.appendChild(el("div", "muted", s.patient.id));
   tr.appendChild(p);
   tr.appendChild(el("td", "", s.accession));
