@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
+from models.decode_pool import DecodePool, default_workers
 from models.dicom_io import iter_dicom_files, read_series, scan_headers
 from models.errors import ModelsError
 from models.predict import Predictor, SeriesPrediction
@@ -57,21 +59,26 @@ def classify_path(
     """Classify every study found under ``path`` (a file or a folder), one at a time.
 
     ``rules``: the site's series-choice rules (``series_choice.rules`` in the config).
+    Compressed series are decoded by one set of helper processes for the whole run
+    (started with the first such series), not a new set per study.
     """
     scan = scan_headers(iter_dicom_files(path), extra_tags=rule_keywords(rules))
-    for study_uid, headers in group_by_study(scan.headers).items():
-        choice = choose_series(headers, rules)
-        outcomes = outcomes_of(choice)
-        if not choice.eligible or choice.chosen is None:
-            yield StudyResult(study_uid, None, 0, None, choice.reason, outcomes)
-            continue
-        try:
-            series = read_series(choice.headers)
-            pred = predictor(series)
-        except ModelsError as exc:
-            log.warning("classify.failed", extra={"error": str(exc)})
-            yield StudyResult(
-                study_uid, choice.chosen.series_uid, 0, None, f"failed: {exc}", outcomes
-            )
-            continue
-        yield StudyResult(study_uid, series.series_uid, series.n_slices, pred, None, outcomes)
+    workers = default_workers()
+    with ExitStack() as stack:
+        pool = stack.enter_context(DecodePool(workers)) if workers > 1 else None
+        for study_uid, headers in group_by_study(scan.headers).items():
+            choice = choose_series(headers, rules)
+            outcomes = outcomes_of(choice)
+            if not choice.eligible or choice.chosen is None:
+                yield StudyResult(study_uid, None, 0, None, choice.reason, outcomes)
+                continue
+            try:
+                series = read_series(choice.headers, pool=pool)
+                pred = predictor(series)
+            except ModelsError as exc:
+                log.warning("classify.failed", extra={"error": str(exc)})
+                yield StudyResult(
+                    study_uid, choice.chosen.series_uid, 0, None, f"failed: {exc}", outcomes
+                )
+                continue
+            yield StudyResult(study_uid, series.series_uid, series.n_slices, pred, None, outcomes)

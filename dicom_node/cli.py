@@ -130,7 +130,7 @@ def serve(config: ConfigOpt = None) -> None:
     from dicom_node.service import Service
 
     settings = _settings(config)
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, fmt=settings.logging.format)
     service = Service(settings, config)
     try:
         service.start()
@@ -218,7 +218,7 @@ def reindex(config: ConfigOpt = None) -> None:
     from dicom_node.store.spool import reindex as do_reindex
 
     settings = _settings(config)
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, fmt=settings.logging.format)
     st = settings.storage
     try:
         index = Index(settings.resolve(st.index_db))

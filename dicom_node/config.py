@@ -326,9 +326,11 @@ class WebSection(_Section):
 
 
 class LoggingSection(_Section):
-    """Log level and the key that pseudonymises study identifiers in logs."""
+    """Log level, line format and the key that pseudonymises study identifiers in logs."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text``: key=value lines; ``json``: one JSON object per line (same fields).
+    format: Literal["text", "json"] = "text"
     hash_key: str = "change-me-per-site"
 
 

@@ -1,7 +1,10 @@
 """Logging for the node: one ``key=value`` line per event, pseudonymous study names.
 
 Why key=value: log shippers (journald, Loki, Splunk) index ``k=v`` pairs without a
-schema, and a person can still read a line. The message is an event name
+schema, and a person can still read a line. ``logging.format: json`` writes the same
+fields as one JSON object per line instead, for collectors that parse JSON only
+(journald forwarded to Elasticsearch or Loki's ``json`` stage): no quoting rules to
+guess, numbers stay numbers. The message is an event name
 (``store.ok``); fields come from ``extra``. Patient data never enters a log line: a
 study is named by :func:`study_key`, a keyed hash, so an admin can follow one study
 through the log without the log revealing which patient it was.
@@ -14,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import sys
 import time
-from typing import Final, TextIO
+from typing import Final, Literal, TextIO
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD: Final = frozenset(
@@ -41,13 +45,17 @@ def _quote(value: object) -> str:
     return text
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{ts}.{int(record.msecs):03d}Z"
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=... logger=... event=... k=v ...``, with the ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [
-            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"ts={_timestamp(record)}",
             f"level={record.levelname}",
             f"logger={record.name}",
             f"event={_quote(record.getMessage())}",
@@ -60,6 +68,30 @@ class KeyValueFormatter(logging.Formatter):
             # read from a dataset (a patient name in a pydicom ValueError, for instance).
             parts.append(f"exc_type={record.exc_info[0].__name__}")
         return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``event``, the ``extra``
+    fields (numbers, booleans and null as such, anything else as its text) and, after an
+    exception, ``exc_type`` only, for the same reason as :class:`KeyValueFormatter`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_") and name not in out:
+                plain = value is None or isinstance(value, bool | int | float | str)
+                out[name] = value if plain else str(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+        return json.dumps(out, ensure_ascii=False, allow_nan=False, default=str)
+
+
+LogFormat = Literal["text", "json"]
 
 
 def quiet_pynetdicom() -> None:
@@ -79,10 +111,13 @@ def quiet_pynetdicom() -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
-def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> logging.Handler:
-    """Install one key=value handler on the root logger; returns it (tests remove it)."""
+def setup_logging(
+    level: str = "INFO", stream: TextIO | None = None, fmt: LogFormat = "text"
+) -> logging.Handler:
+    """Install one handler on the root logger, key=value (``text``) or ``json`` lines;
+    returns it (tests remove it)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

@@ -2,11 +2,8 @@
 
 Two passes on purpose: :func:`scan_headers` reads only the tags that series choice needs
 (``stop_before_pixels``), so a study with a 600-slice bone series costs little; then
-:func:`read_series` decodes pixels of the one chosen series.
-
-HU = stored value x RescaleSlope + RescaleIntercept (DICOM PS3.3 C.11.1.1.2). Some RSNA
-2019 files declare unsigned 12-bit pixels that are really signed, so air comes out
-near +3000 HU; :func:`stored_to_hu` detects that from the values and wraps them back.
+:func:`read_series` decodes pixels of the one chosen series, on several cores when they
+are compressed (:mod:`models.decode_pool`; one slice to HU is :mod:`models.decode`).
 """
 
 from __future__ import annotations
@@ -23,8 +20,11 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from models.decode import HU_MAX as HU_MAX  # re-exported: callers read them here
+from models.decode import HU_MIN as HU_MIN
+from models.decode import stored_to_hu as stored_to_hu
+from models.decode_pool import DecodePool, decode_series
 from models.errors import SeriesError
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,8 @@ HEADER_TAGS: tuple[str, ...] = (
     "SeriesNumber",
 )
 
-_NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 #: Positions closer than this along the slice normal are the same slice (mm).
 DUPLICATE_TOLERANCE_MM = 0.01
-#: Plausible CT range; a header-correct CT never leaves it by much.
-HU_MIN, HU_MAX = -1024.0, 4095.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,84 +292,6 @@ def order_slices(headers: Sequence[InstanceHeader]) -> OrderedSlices:
     return OrderedSlices([with_pos[i] for i in kept], pos[kept], dropped)
 
 
-def _raw_pixels(ds: Dataset) -> NDArray[np.integer] | NDArray[np.floating]:
-    """Stored values of a single-frame monochrome image.
-
-    Native little-endian 16-bit data is read straight from the buffer (pydicom's generic
-    pixel pipeline costs more than the decode itself for uncompressed CT); everything
-    else goes through ``pixel_array`` and whichever decoder plugin is installed.
-    """
-    if "PixelData" not in ds:
-        raise SeriesError("instance has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise SeriesError("instance is not monochrome (SamplesPerPixel != 1)")
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    bits_alloc = int(ds.get("BitsAllocated", 16))
-    bits_stored = int(ds.get("BitsStored", bits_alloc))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if ts in _NATIVE_LE and bits_alloc == 16 and int(ds.get("NumberOfFrames") or 1) == 1:
-        buf = ds.PixelData
-        if len(buf) < rows * cols * 2:
-            raise SeriesError("pixel data is shorter than Rows x Columns")
-        raw = np.frombuffer(buf, dtype="<i2" if signed else "<u2", count=rows * cols)
-        raw = raw.reshape(rows, cols)
-        if bits_stored < 16:
-            shift = 16 - bits_stored
-            if signed:
-                raw = (raw << shift) >> shift  # sign-extend from bit BitsStored-1
-            else:
-                raw = raw & ((1 << bits_stored) - 1)
-        return raw
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # decoder plugins raise anything; translated here
-        raise SeriesError(f"pixel data cannot be decoded: {type(exc).__name__}") from exc
-    if arr.ndim != 2:
-        raise SeriesError(f"expected one 2D frame, got pixel array of shape {arr.shape}")
-    return arr
-
-
-def stored_to_hu(
-    ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]
-) -> NDArray[np.float32]:
-    """Apply slope/intercept, correcting the RSNA mis-declared signedness first.
-
-    The quirk: PixelRepresentation 0 (unsigned), intercept near 0, yet stored values
-    above ``2**BitsStored - 1000`` occur: they are two's-complement negatives (air).
-    Wrapping them by ``2**BitsStored`` restores -1000 HU air; values below stay as is.
-    """
-    return _stored_to_hu(ds, raw)[0]
-
-
-def _stored_to_hu(
-    ds: Dataset, raw: NDArray[np.integer] | NDArray[np.floating]
-) -> tuple[NDArray[np.float32], bool]:
-    """:func:`stored_to_hu`, plus whether the quirk was corrected (for the count)."""
-    slope = _float(ds.get("RescaleSlope")) or 1.0
-    intercept = _float(ds.get("RescaleIntercept"))
-    intercept = 0.0 if intercept is None else intercept
-    hu = raw.astype(np.float32)
-    corrected = False
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if not signed and intercept > -100 and raw.dtype.kind in "ui":
-        bits = int(ds.get("BitsStored", 16))
-        modulus = float(1 << bits)
-        high = hu >= modulus - 1000.0
-        corrected = bool(high.any())
-        if corrected:
-            hu[high] -= modulus
-    if slope != 1.0:
-        hu *= slope
-    if intercept != 0.0:
-        hu += intercept
-    lo, hi = float(hu.min()), float(hu.max())
-    if lo < -10000 or hi > 40000:
-        raise SeriesError(f"implausible CT values after rescale ({lo:.0f}..{hi:.0f} HU)")
-    np.clip(hu, HU_MIN, HU_MAX, out=hu)
-    return hu, corrected
-
-
 @dataclass(frozen=True)
 class CTSeries:
     """One series as HU, inferior -> superior, with the identity of every slice."""
@@ -391,11 +310,23 @@ class CTSeries:
         return int(self.hu.shape[0])
 
 
-def read_series(headers: Sequence[InstanceHeader]) -> CTSeries:
+def read_series(
+    headers: Sequence[InstanceHeader],
+    *,
+    workers: int | None = None,
+    pool: DecodePool | None = None,
+) -> CTSeries:
     """Decode the instances of one series to HU in anatomical order.
 
+    Compressed slices are decoded on ``workers`` cores (default: all this process may
+    use), by the calling thread plus helper processes: ``pool``'s, kept by a caller
+    that reads many series (the node), or ones started and stopped within this call.
+    ``workers=1`` decodes in the calling thread only; a caller that already runs one
+    series per core (the training cache) passes it. The result does not depend on it.
+
     Raises :class:`SeriesError` when instances are not CT images, carry no pixels, have
-    different Rows/Columns, or cannot be decoded. Messages name counts, never patients.
+    different Rows/Columns, or cannot be decoded (naming the first bad slice by its
+    position, "slice i of n"). Messages name counts, never patients or UIDs.
     """
     if not headers:
         raise SeriesError("series has no instances")
@@ -412,28 +343,19 @@ def read_series(headers: Sequence[InstanceHeader]) -> CTSeries:
     rows, cols = sizes.pop()
     if rows == 0 or cols == 0:
         raise SeriesError("instances carry no Rows/Columns")
-    hu = np.empty((len(ordered.headers), rows, cols), dtype=np.float32)
-    quirks = 0
-    for i, h in enumerate(ordered.headers):
-        try:
-            ds = pydicom.dcmread(h.path)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            raise SeriesError(f"slice {i + 1} ({h.path.name}) cannot be read") from exc
-        raw = _raw_pixels(ds)
-        if raw.shape != (rows, cols):
-            raise SeriesError(f"slice {i + 1} pixel array {raw.shape} != ({rows}, {cols})")
-        hu[i], corrected = _stored_to_hu(ds, raw)
-        quirks += corrected
-    if quirks:
-        log.info("series.pixel_quirk_corrected", extra={"n": quirks})
+    decoded = decode_series(
+        [h.path for h in ordered.headers], rows, cols, workers=workers, pool=pool
+    )
+    if decoded.quirk_corrected:
+        log.info("series.pixel_quirk_corrected", extra={"n": decoded.quirk_corrected})
     first = ordered.headers[0]
     return CTSeries(
         study_uid=first.study_uid,
         series_uid=first.series_uid,
         sop_uids=[h.sop_uid for h in ordered.headers],
-        hu=hu,
+        hu=decoded.hu,
         positions_mm=ordered.positions_mm,
         pixel_spacing=first.pixel_spacing,
         duplicates_dropped=ordered.duplicates_dropped,
-        quirk_corrected=quirks,
+        quirk_corrected=decoded.quirk_corrected,
     )

@@ -44,6 +44,7 @@ from dicom_node.results.common import ResultUIDs, result_uids
 from dicom_node.results.report import build_results, warm_up
 from dicom_node.store.index import Index, StudyRow, StudyState
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
+from models.decode_pool import DecodePool, default_workers
 from models.dicom_io import CTSeries, read_series, scan_headers
 from models.errors import ModelsError
 from models.labels import LABELS
@@ -112,6 +113,9 @@ class InferenceWorker:
         self._slot = threading.Semaphore(1)
         self._handoff: queue.Queue[Prepared | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
+        # Helper processes that decode compressed series beside the prepare thread; made
+        # by start(), they boot with the first compressed series and end with stop().
+        self._decode_pool: DecodePool | None = None
 
     # -- queue ------------------------------------------------------------------------
 
@@ -156,6 +160,8 @@ class InferenceWorker:
         if self.predictor is None:
             log.error("worker.no_model", extra={"reason": self.unavailable or "unknown"})
             return
+        workers = default_workers()
+        self._decode_pool = DecodePool(workers) if workers > 1 else None
         for name, target in (("prepare", self._prepare_loop), ("infer", self._infer_loop)):
             t = threading.Thread(target=target, name=f"ich-{name}", daemon=True)
             t.start()
@@ -174,7 +180,8 @@ class InferenceWorker:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in self._threads):
+        abandoned = any(t.is_alive() for t in self._threads)
+        if abandoned:
             self._abandoned.set()
             current = self._current
             log.warning(
@@ -185,6 +192,11 @@ class InferenceWorker:
                     "next": "requeued at the next start",
                 },
             )
+        if self._decode_pool is not None:
+            # An abandoned prepare may still be decoding: its helpers are killed at once
+            # (it then fails alone, unrecorded); otherwise they are idle and just end.
+            self._decode_pool.close(timeout=0.0 if abandoned else 5.0)
+            self._decode_pool = None
 
     def idle(self) -> bool:
         """True when nothing is queued or in processing (tests and the demo wait on it)."""
@@ -251,7 +263,7 @@ class InferenceWorker:
         if not choice.eligible:
             self._finish(study, "skipped", choice.reason or "no eligible series")
             return None
-        series = read_series(choice.headers)
+        series = read_series(choice.headers, pool=self._decode_pool)
         sources: list[Dataset] = [
             pydicom.dcmread(h.path, stop_before_pixels=True) for h in choice.headers
         ]

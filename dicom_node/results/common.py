@@ -33,6 +33,9 @@ SC_SERIES_NUMBER: Final = 9902
 #: What a reader sees in the series list (LO, at most 64 characters).
 SERIES_DESCRIPTION: Final = "AI triage ICH - NOT FOR DIAGNOSIS"
 DEMO_SERIES_DESCRIPTION: Final = "AI triage ICH DEMO phantom model - NOT FOR DIAGNOSIS"
+#: IHE AIR's Purpose of Reference for the algorithm's Contributing Equipment item
+#: (value, scheme, meaning); IHE's provisional code, not (yet) in PS3.16.
+AIR_PROCESSING_ALGORITHM: Final = ("Newcode1", "99IHE", "Processing Algorithm")
 
 #: Patient/study attributes the source must carry, at least empty (PS3.3 type 2);
 #: highdicom reads them as attributes, and some senders omit empty ones.
@@ -147,9 +150,11 @@ class AlgorithmInfo:
     def contributing_equipment(self) -> ContributingEquipment:
         """IHE AI Results: the algorithm as Contributing Equipment, Device UID = model UID.
 
-        Purpose of reference is DCM 109102 "Processing Equipment", the CID 7005 concept
-        for equipment that processed the data (CID 7005 has no "Processing Algorithm"
-        concept; highdicom accepts only CID 7005 codes here).
+        Built with DCM 109102 "Processing Equipment" as Purpose of Reference because
+        highdicom accepts only CID 7005 codes there, and CID 7005 has no concept for an
+        algorithm; :func:`mark_processing_algorithm` then puts AIR's code in its place
+        on the finished dataset. The Device UID is the model UID, so it changes with
+        every checkpoint (AIR: the UID identifies the model that made the result).
         """
         equipment = ContributingEquipment(
             manufacturer=MANUFACTURER,
@@ -162,6 +167,38 @@ class AlgorithmInfo:
         )
         equipment.DeviceUID = self.model_uid
         return equipment
+
+
+def mark_processing_algorithm(result: Dataset, model_uid: str) -> None:
+    """Set AIR's Purpose of Reference on our Contributing Equipment item, after building.
+
+    IHE AIR (RAD TF-3, AI result encoding) asks for (Newcode1, 99IHE, "Processing
+    Algorithm") on the item describing the algorithm. highdicom's ContributingEquipment
+    checks the code against CID 7005 and refuses it, so the item is built with DCM 109102
+    and its Purpose of Reference Code Sequence is replaced here, on the dataset that
+    highdicom has already validated. The 99IHE scheme is private (PS3.16 8.2: "99"
+    prefix), so it is declared in the Coding Scheme Identification Sequence as well.
+    """
+    ours = [
+        item
+        for item in result.get("ContributingEquipmentSequence", [])
+        if item.get("DeviceUID") == model_uid
+    ]
+    if len(ours) != 1:
+        raise ReportError("result lacks the algorithm's Contributing Equipment item")
+    code = Dataset()
+    code.CodeValue = AIR_PROCESSING_ALGORITHM[0]
+    code.CodingSchemeDesignator = AIR_PROCESSING_ALGORITHM[1]
+    code.CodeMeaning = AIR_PROCESSING_ALGORITHM[2]
+    ours[0].PurposeOfReferenceCodeSequence = [code]
+    schemes = list(result.get("CodingSchemeIdentificationSequence", []))
+    if not any(s.get("CodingSchemeDesignator") == AIR_PROCESSING_ALGORITHM[1] for s in schemes):
+        item = Dataset()
+        item.CodingSchemeDesignator = AIR_PROCESSING_ALGORITHM[1]
+        item.CodingSchemeName = "IHE Radiology codes"
+        item.CodingSchemeResponsibleOrganization = "IHE Radiology"
+        schemes.append(item)
+    result.CodingSchemeIdentificationSequence = schemes
 
 
 def check_sources(prediction: SeriesPrediction, sources: Sequence[Dataset]) -> dict[str, Dataset]:

@@ -36,6 +36,7 @@ from dicom_node.results.common import (
     ResultUIDs,
     check_sources,
     identity_header,
+    mark_processing_algorithm,
 )
 from dicom_node.store.series_outcome import (
     SeriesOutcome,
@@ -273,6 +274,8 @@ def build_sc(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ReportError(f"SC could not be built: {type(exc).__name__}") from exc
+    # AIR's (Newcode1, 99IHE) purpose of reference: highdicom refuses it at build time.
+    mark_processing_algorithm(sc, algorithm.model_uid)
     # A panel of several slices and charts has no single orientation: type 2, empty.
     sc.add_new((0x0020, 0x0020), "CS", None)  # Patient Orientation, empty
     sc.ImageType = ["DERIVED", "SECONDARY"]

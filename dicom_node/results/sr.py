@@ -13,7 +13,11 @@ canonical order), each with:
 The observer is the model as a device (TID 1004, Device Observer UID = model UID), the
 whole source series is listed as evidence, and VerificationFlag is UNVERIFIED
 (PS3.3 C.17.2): a machine's output, not a signed report. A new generation lists the
-SR it supersedes in Predecessor Documents Sequence (PS3.3 C.17.2.2).
+SR it supersedes in Predecessor Documents Sequence (PS3.3 C.17.2.2). As IHE AI Results
+asks, Procedure Reported names the imaging procedure (LOINC 24725-4 "Head CT") and the
+Contributing Equipment item of the algorithm carries the model UID as Device UID and
+(Newcode1, 99IHE, "Processing Algorithm") as Purpose of Reference
+(:func:`~dicom_node.results.common.mark_processing_algorithm`).
 
 How the input was chosen is in TID 1500's Qualitative Evaluations container (row 12),
 as TEXT items named Comment (DCM 121106): "Series used: ...", one "Series not used:
@@ -68,6 +72,7 @@ from dicom_node.results.common import (
     derived_uid,
     evidence_stub,
     identity_header,
+    mark_processing_algorithm,
     previous_stub,
 )
 from dicom_node.store.series_outcome import SeriesOutcome, chosen_of, images
@@ -244,4 +249,6 @@ def build_sr(
         # highdicom messages may quote dataset content: keep only the exception type.
         raise ReportError(f"SR could not be built: {type(exc).__name__}") from exc
     sr.CodingSchemeIdentificationSequence = coding_scheme_identification()
+    # AIR's (Newcode1, 99IHE) purpose of reference: highdicom refuses it at build time.
+    mark_processing_algorithm(sr, algorithm.model_uid)
     return sr

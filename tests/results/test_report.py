@@ -173,12 +173,25 @@ def test_sr_header_identity_provenance_and_evidence(
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     (ours,) = [e for e in sr.ContributingEquipmentSequence if "DeviceUID" in e]
     assert ours.DeviceUID == MODEL_UID
-    assert ours.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    (purpose,) = ours.PurposeOfReferenceCodeSequence
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+        "Newcode1",
+        "99IHE",
+        "Processing Algorithm",
+    )
     assert ours.Manufacturer
     assert ours.ManufacturerModelName
     assert ours.SoftwareVersions
-    (scheme,) = sr.CodingSchemeIdentificationSequence
-    assert scheme.CodingSchemeDesignator == PRIVATE_SCHEME
+    assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == [
+        PRIVATE_SCHEME,
+        "99IHE",
+    ]
+    # TID 1500 row 4 (AIR: the imaging procedure): Procedure Reported = LOINC Head CT.
+    (procedure,) = [
+        item for item in sr.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121058"
+    ]
+    assert procedure.ConceptCodeSequence[0].CodeValue == "24725-4"
+    assert procedure.ConceptCodeSequence[0].CodingSchemeDesignator == "LN"
     evidence = hd.sr.srread(written["sr"]).get_evidence()
     assert {e[2] for e in evidence} == {str(d.SOPInstanceUID) for d in source_headers}
     text = _content_values(sr.ContentSequence)
@@ -202,6 +215,8 @@ def test_sc_header_and_pixels(written: dict[str, Path], source_headers: list[Dat
     assert "NOT FOR DIAGNOSIS" in sc.SeriesDescription
     (ours,) = [e for e in sc.ContributingEquipmentSequence if "DeviceUID" in e]
     assert ours.DeviceUID == MODEL_UID
+    assert ours.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    assert "99IHE" in [s.CodingSchemeDesignator for s in sc.CodingSchemeIdentificationSequence]
     px = sc.pixel_array
     assert px.shape == (SIZE, SIZE, 3)
     assert px.dtype == np.uint8
@@ -256,7 +271,12 @@ def test_same_inputs_same_uids_new_generation_supersedes(
     assert later.sc.ReferencedImageSequence[0].ReferencedSOPInstanceUID == first.sc.SOPInstanceUID
     assert first.sc.SOPInstanceUID in later.sc.ImageComments
     other_model = replace(meta, model_uid=MODEL_UID + "1")
-    assert build_results(positive, source_headers, ct_series, other_model).uids != first.uids
+    other = build_results(positive, source_headers, ct_series, other_model)
+    assert other.uids != first.uids
+    # AIR: the Device UID names the model, so a new checkpoint gives a new one.
+    for result in (other.sr, other.sc):
+        (ours,) = [e for e in result.ContributingEquipmentSequence if "DeviceUID" in e]
+        assert ours.DeviceUID == MODEL_UID + "1"
 
 
 def test_new_generation_dciodvfy_clean(

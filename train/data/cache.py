@@ -160,7 +160,8 @@ def _decode(paths: Sequence[Path], size: int, windows: Sequence[Window]) -> _Dec
         raise SeriesError(f"none of {len(paths)} files is readable DICOM")
     unreadable = len(scan.unreadable)
     try:
-        series: CTSeries = read_series(scan.headers)
+        # one core per study: the cache already runs one study per core (parallel_map)
+        series: CTSeries = read_series(scan.headers, workers=1)
     except SeriesError:
         pass
     else:
@@ -180,7 +181,7 @@ def _decode(paths: Sequence[Path], size: int, windows: Sequence[Window]) -> _Dec
     quirks = 0
     for header, pos in zip(ordered.headers, ordered.positions_mm, strict=True):
         try:
-            one = read_series([header])
+            one = read_series([header], workers=1)
         except SeriesError:
             unreadable += 1
             continue
