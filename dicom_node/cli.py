@@ -233,6 +233,67 @@ def reindex(config: ConfigOpt = None) -> None:
     sys.stdout.write(f"reindexed {n} instances in {n_studies} studies\n")
 
 
+user_app = typer.Typer(no_args_is_help=True, help="Worklist users and API tokens.")
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="login name (letters, digits, . _ @ -)")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin (scripts)")
+    ] = False,
+) -> None:
+    """Hash a new user's password (argon2) and print the entry for ``web.users``.
+
+    Nothing is written: the admin pastes the entry into config.yaml (or the whole list
+    into ``ICH_WEB__USERS``) and restarts the node. The password is never echoed.
+    """
+    import getpass
+
+    from dicom_node.config import WebUser
+    from dicom_node.web.auth import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            err.print("[red]error:[/red] the passwords differ")
+            raise typer.Exit(2)
+    if len(password) < 8:
+        err.print("[red]error:[/red] a password needs at least 8 characters")
+        raise typer.Exit(2)
+    try:
+        user = WebUser(name=name, password_hash=hash_password(password))
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] invalid user name {name!r}")
+        raise typer.Exit(2) from exc
+    sys.stdout.write(
+        "# add under web.users in config.yaml, then restart the node:\n"
+        f"  - name: {user.name}\n    password_hash: '{user.password_hash}'\n"
+    )
+
+
+@user_app.command("token")
+def user_token(
+    name: Annotated[str, typer.Argument(help="the client's name (audit: token:NAME)")],
+) -> None:
+    """Make a bearer token for the API; print it once and the entry for ``web.api_tokens``."""
+    import secrets
+
+    from dicom_node.config import ApiToken
+    from dicom_node.web.auth import token_digest
+
+    token = secrets.token_urlsafe(32)
+    entry = ApiToken(name=name, token_sha256=token_digest(token))
+    sys.stdout.write(
+        f"token (shown once, give it to the client): {token}\n"
+        "# add under web.api_tokens in config.yaml, then restart the node:\n"
+        f"  - name: {entry.name}\n    token_sha256: {entry.token_sha256}\n"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

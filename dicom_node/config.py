@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -264,10 +265,31 @@ class SeriesChoiceSection(_Section):
         return tuple(r.to_rule() for r in self.rules)
 
 
+class WebUser(_Section):
+    """One person who may log in to the worklist: a name and an argon2 hash of the
+    password (``dicom-node user add NAME`` prints this entry; no password is stored)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    password_hash: str = Field(pattern=r"^\$argon2(id|i|d)\$")
+
+
+class ApiToken(_Section):
+    """One bearer token for the JSON API (a RIS, a script): its name (recorded in the
+    audit trail as ``token:<name>``) and the SHA-256 of the token, hex.
+
+    SHA-256 rather than argon2: a token is 32 random bytes (``dicom-node token add``), so
+    it cannot be guessed from its hash, and it is checked on every API call, where an
+    argon2 verification (tens of milliseconds by design) per request would be waste."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class WebSection(_Section):
     """The node's HTTP server (:mod:`dicom_node.web`): ``/healthz``, ``/readyz`` and
-    ``/metrics``, open and free of patient data; loopback by default because nothing
-    here authenticates. ``port: 0`` binds any free port (tests)."""
+    ``/metrics`` (open, free of patient data), and the worklist with its JSON API
+    (``/``, ``/studies/<key>``, ``/api/...``) for ``users`` (a session cookie) and
+    ``api_tokens`` (a bearer token). ``port: 0`` binds any free port (tests)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -275,6 +297,28 @@ class WebSection(_Section):
     #: How others reach the page (behind a proxy: ``https://ich.hospital.org``); empty =
     #: ``http://<host>:<port>``. Notifications link ``<base_url>/studies/<study key>``.
     base_url: str = ""
+    users: list[WebUser] = Field(default_factory=list)
+    api_tokens: list[ApiToken] = Field(default_factory=list)
+    #: Signs the session cookies; required (32+ characters) when ``users`` is not empty.
+    session_secret: str = ""
+    #: How long a login lasts (a reading-room shift and then some).
+    session_hours: float = Field(12.0, gt=0, le=24 * 14)
+    #: Send the cookie only over HTTPS (behind a TLS proxy: true).
+    cookie_secure: bool = False
+    #: Failed logins allowed per minute, per client address and per user name.
+    login_failures_per_minute: int = Field(5, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _secret_with_users(self) -> WebSection:
+        if self.users and len(self.session_secret) < 32:
+            raise ValueError(
+                "web.session_secret must be at least 32 characters when web.users is set "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        names = [u.name for u in self.users] + [t.name for t in self.api_tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("web.users and web.api_tokens need distinct names")
+        return self
 
     def study_link(self, key: str) -> str:
         base = self.base_url.rstrip("/") or f"http://{self.host}:{self.port}"

@@ -225,15 +225,50 @@ class Service:
     def _start_web(self) -> WebServer:
         """Serve the probes and ``/metrics`` (FastAPI is imported only here)."""
         from dicom_node.web.app import create_app
+        from dicom_node.web.auth import Authenticator
         from dicom_node.web.context import WebContext
         from dicom_node.web.server import WebServer
+        from dicom_node.web.studies import StudySource
 
         s = self.settings
-        web = WebServer(
-            create_app(WebContext(self.metrics, self.readiness)), s.web.host, s.web.port
-        )
+        assert self.index is not None
+        studies = StudySource(self.index, s.resolve(s.storage.spool_dir), s.logging.hash_key, self)
+        ctx = WebContext(self.metrics, self.readiness, Authenticator(s.web), studies)
+        web = WebServer(create_app(ctx), s.web.host, s.web.port)
         web.start()
+        if not s.web.users and not s.web.api_tokens:
+            log.warning("web.no_users", extra={"hint": "dicom-node user add NAME"})
         return web
+
+    def reprocess(self, study_uid: str) -> str:
+        """A user's "reprocess" (worklist): the study back into the worker's queue."""
+        from dicom_node.web.studies import ActionRefused
+
+        assert self.index is not None
+        if self.worker is None:
+            raise ActionRefused("inference is off on this node")
+        if self.worker.requeue(study_uid) is None:
+            study = self.index.study(study_uid)
+            state = study.state if study is not None else "gone"
+            raise ActionRefused(f"study is {state}, not finished")
+        return "queued for inference"
+
+    def resend(self, study_uid: str) -> str:
+        """A user's "resend" (worklist): the current results to every destination again,
+        through the deliverer (durable jobs, retries), as after a new result."""
+        from dicom_node.web.studies import ActionRefused
+
+        assert self.index is not None
+        if self.deliverer is None:
+            raise ActionRefused("inference is off on this node: no results to send")
+        study = self.index.study(study_uid)
+        result = self.index.result(study_uid)
+        if study is None or study.state != "done" or result is None:
+            raise ActionRefused("no current result to send (study is not done)")
+        files = {str(k): Path(v) for k, v in result["files"].items()}
+        self.deliverer.enqueue(study_uid, int(result["generation"]), files)
+        n = len(self.index.deliveries(study_uid, states=("pending",)))
+        return f"queued for {n} destination{'s' if n != 1 else ''}"
 
     def readiness(self) -> list[Check]:
         """Every readiness check now (``/readyz``): model, spool, disk, scheduler, receiver."""

@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from dicom_node.errors import NodeError
 from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
-from dicom_node.results.common import ResultUIDs
+from dicom_node.results.common import ResultUIDs, result_uids
 from dicom_node.results.report import build_results, warm_up
 from dicom_node.store.index import Index, StudyRow, StudyState
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
@@ -130,6 +130,19 @@ class InferenceWorker:
                 extra={"study": study_key(study.study_uid, self.hash_key), "n": study.instances},
             )
         self._wake.set()
+
+    def requeue(self, study_uid: str) -> StudyRow | None:
+        """A user's "reprocess": a finished study (done, failed, skipped) back to ``queued``
+        in its current generation, then wake the worker; None when it is not finished
+        (receiving, or already queued or in processing)."""
+        study = self.index.study(study_uid)
+        if study is None or not self.index.set_state(
+            study_uid, "queued", expect=("done", "failed", "skipped"), generation=study.generation
+        ):
+            return None
+        log.info("study.requeued", extra={"study": study_key(study_uid, self.hash_key)})
+        self._wake.set()
+        return study
 
     def start(self) -> None:
         """Requeue interrupted work, queue completed studies, start the two stages."""
@@ -341,6 +354,15 @@ class InferenceWorker:
         t1 = time.perf_counter()
         previous = self.index.result(study.study_uid)
         supersedes = ResultUIDs(**previous["uids"]) if previous else None
+        same = result_uids(
+            study.study_uid, pred.series_uid, self.predictor.meta.model_uid, study.generation
+        )
+        if previous is not None and supersedes == same:
+            # A user's "reprocess" with the same model, series and generation remakes the
+            # same objects (same UIDs): they keep what the first make superseded, never
+            # name themselves as their own predecessor.
+            before = previous.get("supersedes")
+            supersedes = ResultUIDs(**before) if before else None
         objects = build_results(
             pred,
             p.sources,
@@ -360,6 +382,7 @@ class InferenceWorker:
             "slabs": pred.slabs.to_json() if pred.slabs is not None else None,
             "top_slices": pred.top_slices(),
             "uids": asdict(objects.uids),
+            "supersedes": asdict(supersedes) if supersedes is not None else None,
             "files": {kind: str(path) for kind, path in paths.items()},
             "model_uid": self.predictor.meta.model_uid,
             "model_name": self.predictor.meta.name,

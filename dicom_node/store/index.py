@@ -49,7 +49,7 @@ STATES: Final[tuple[StudyState, ...]] = (
     "skipped",
 )
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -109,8 +109,23 @@ _SCHEMA_V3: Final = """
 ALTER TABLE studies ADD COLUMN series_choice TEXT;
 """
 
+# Version 4: the audit trail of what users did to a study from the web side (reprocess,
+# resend): who, when, and what came of it. A study's trail goes with the study when
+# retention deletes it: the rows name the study and nothing outlives its images here.
+_SCHEMA_V4: Final = """
+CREATE TABLE IF NOT EXISTS audit (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
+    at        REAL NOT NULL,
+    user      TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    outcome   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid);
+"""
+
 # version -> SQL that brings the schema from version - 1 to version.
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
 
 DeliveryState = Literal["pending", "sent", "failed"]
 
@@ -205,6 +220,21 @@ class DeliveryRow:
             "generation": self.generation,
             "updated": iso(self.updated),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One action a user took on a study (``reprocess``, ``resend``) and its outcome."""
+
+    study_uid: str
+    at: float
+    user: str
+    action: str
+    outcome: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "user": self.user, "action": self.action,
+                "outcome": self.outcome}  # fmt: skip
 
 
 def iso(ts: float) -> str:
@@ -433,8 +463,29 @@ class Index:
             )
             return cur.rowcount == 1
 
+    def add_audit(self, study_uid: str, user: str, action: str, outcome: str) -> AuditRow:
+        """Record that ``user`` did ``action`` on a study, and what came of it."""
+        row = AuditRow(study_uid, time.time(), user, action, outcome)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO audit (study_uid, at, user, action, outcome) VALUES (?, ?, ?, ?, ?)",
+                (row.study_uid, row.at, row.user, row.action, row.outcome),
+            )
+        return row
+
+    def audit(self, study_uid: str) -> list[AuditRow]:
+        """A study's audit trail, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT study_uid, at, user, action, outcome FROM audit WHERE study_uid = ? "
+                "ORDER BY at, id",
+                (study_uid,),
+            ).fetchall()
+        return [AuditRow(r[0], float(r[1]), r[2], r[3], r[4]) for r in rows]
+
     def delete_study(self, study_uid: str) -> None:
         with self._tx() as db:
+            db.execute("DELETE FROM audit WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
@@ -442,6 +493,7 @@ class Index:
     def clear(self) -> None:
         """Drop every row (``reindex`` starts from nothing)."""
         with self._tx() as db:
+            db.execute("DELETE FROM audit")
             db.execute("DELETE FROM instances")
             db.execute("DELETE FROM series")
             db.execute("DELETE FROM studies")
@@ -463,6 +515,11 @@ class Index:
                 _STUDY_SELECT + " WHERE s.study_uid = ? GROUP BY s.study_uid", (study_uid,)
             ).fetchone()
         return _study_row(row, self.deliveries(study_uid)) if row else None
+
+    def study_uids(self) -> list[str]:
+        """Every study's UID, nothing else (cheap: no join over the instances)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT study_uid FROM studies")]
 
     def studies(self, states: Sequence[str] = ()) -> list[StudyRow]:
         sql = _STUDY_SELECT
@@ -569,8 +626,9 @@ class Index:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT path FROM instances")}
 
-    def counts(self) -> tuple[dict[str, int], int]:
-        """Studies per state and pending deliveries, read on the monitoring connection."""
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The monitoring connection (read-only, opened on first use)."""
         with self._read_lock:
             if self._closed:
                 raise IndexDBError(f"index {self.path} is closed")
@@ -579,12 +637,40 @@ class Index:
                     f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                     isolation_level=None, timeout=5.0,
                 )  # fmt: skip
-            db = self._reader
+            yield self._reader
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """Studies per state and pending deliveries, read on the monitoring connection."""
+        with self._reading() as db:
             states = dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state"))
             (pending,) = db.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
             ).fetchone()
         return {str(k): int(v) for k, v in states.items()}, int(pending)
+
+    def browse(self, states: Sequence[str] = ()) -> list[StudyRow]:
+        """:meth:`studies` on the monitoring connection, for the worklist's polls.
+
+        Its aggregate over every instance takes a while on a large index (0.6 s for 10,000
+        studies of 300 images, BENCHMARKS.md); on the writer's connection it would hold
+        the lock every C-STORE commit waits for, here WAL lets both run at once.
+        """
+        sql = _STUDY_SELECT
+        if states:
+            sql += f" WHERE s.state IN ({', '.join('?' * len(states))})"
+        sql += " GROUP BY s.study_uid ORDER BY s.first_received, s.study_uid"
+        with self._reading() as db:
+            rows = db.execute(sql, tuple(states)).fetchall()
+            deliveries = db.execute(
+                "SELECT study_uid, destination, generation, state, attempts, last_error, "
+                "updated FROM deliveries ORDER BY study_uid, destination"
+            ).fetchall()
+        by_study: dict[str, list[DeliveryRow]] = {}
+        for r in deliveries:
+            by_study.setdefault(r[0], []).append(
+                DeliveryRow(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6]))
+            )
+        return [_study_row(r, by_study.get(r[0], ())) for r in rows]
 
     def total_size(self) -> int:
         with self._lock:

@@ -20,7 +20,9 @@ from dicom_node import __version__
 from dicom_node.metrics import NodeMetrics
 
 if TYPE_CHECKING:
+    from dicom_node.web.auth import Authenticator
     from dicom_node.web.health import Check
+    from dicom_node.web.studies import StudySource
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class WebContext:
     metrics: NodeMetrics
     #: Runs every readiness check now (file system probes included: call off the loop).
     readiness: Callable[[], Sequence[Check]]
+    #: Users and tokens; ``create_app`` makes one that admits nobody when none is given.
+    auth: Authenticator | None = None
+    #: The worklist's studies and actions (None: the API answers 503).
+    studies: StudySource | None = None
     started: float = field(default_factory=time.time)
     version: str = __version__
 
