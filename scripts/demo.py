@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dicom_node.config import load_settings  # noqa: E402
+from dicom_node.web.auth import hash_password  # noqa: E402
 from models.checkpoint import CheckpointMeta, read_meta  # noqa: E402
 from models.errors import CheckpointError  # noqa: E402
 from models.labels import LABELS  # noqa: E402
@@ -221,6 +223,7 @@ def main() -> None:
 
     node_port = settings.node.port if port_free(settings.node.port) else free_port()
     web_port = settings.web.port if port_free(settings.web.port) else free_port()
+    pw = secrets.token_urlsafe(9)
     with ExitStack() as stack:
         pacs = OrthancPacs(work / "orthanc", node_port, settings.node.ae_title)
         stack.callback(pacs.stop)
@@ -239,6 +242,10 @@ def main() -> None:
                 [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs.dicom}]
             ),
             "TCP_NODELAY": "1",
+            # The worklist page with one demo login; a fresh password and cookie secret
+            # each run (both printed or thrown away with var/demo).
+            "ICH_WEB__USERS": json.dumps([{"name": "demo", "password_hash": hash_password(pw)}]),
+            "ICH_WEB__SESSION_SECRET": secrets.token_urlsafe(32),
         }
         console.print(
             f"PACS: Orthanc AE ORTHANC, DICOM port {pacs.dicom}, web http://127.0.0.1:{pacs.http}"
@@ -251,6 +258,10 @@ def main() -> None:
         console.print(
             f"node: {settings.node.ae_title} on port {node_port} (log {work / 'node.log'}), "
             f"metrics http://{settings.web.host}:{web_port}/metrics"
+        )
+        console.print(
+            f"worklist: http://{settings.web.host}:{web_port}/ (login demo / {pw}; "
+            "DEMO_KEEP=1 make demo keeps it running)"
         )
 
         cases = [
