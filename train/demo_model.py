@@ -199,42 +199,28 @@ def build_demo_model(
     )
     size = cfg.data.size or 128
     with reproducible(threads):
-        train = phantom_store(
-            range(seed * 10_000, seed * 10_000 + train_studies),
-            size,
-            render_size=render_size,
-            n_slices=n_slices,
-            p_bleed=train_p_bleed,
-            progress=progress,
-            desc="train phantoms",
-        )
-        val_seeds = range(
-            VAL_SEED_OFFSET + seed * 10_000, VAL_SEED_OFFSET + seed * 10_000 + val_studies
-        )
-        val = phantom_store(
-            val_seeds,
-            size,
-            render_size=render_size,
-            n_slices=n_slices,
-            progress=progress,
-            desc="validation phantoms",
-        )
+
+        def phantoms(offset: int, n: int, desc: str, p_bleed: float = 0.5) -> ArrayStore:
+            """``n`` phantoms from seed ``offset + seed * 10_000`` on, at the recipe's size."""
+            first = offset + seed * 10_000
+            return phantom_store(
+                range(first, first + n),
+                size,
+                render_size=render_size,
+                n_slices=n_slices,
+                p_bleed=p_bleed,
+                progress=progress,
+                desc=desc,
+            )
+
+        train = phantoms(0, train_studies, "train phantoms", train_p_bleed)
+        val = phantoms(VAL_SEED_OFFSET, val_studies, "validation phantoms")
         log.info(
             "demo.plan",
             extra={"epochs": cfg.optim.epochs, "threads": threads, "recipe": recipe},
         )
         result = fit(cfg, store=train, val_store=val, progress=progress)
-        cal_seeds = range(
-            CAL_SEED_OFFSET + seed * 10_000, CAL_SEED_OFFSET + seed * 10_000 + cal_studies
-        )
-        cal = phantom_store(
-            cal_seeds,
-            size,
-            render_size=render_size,
-            n_slices=n_slices,
-            progress=progress,
-            desc="threshold phantoms",
-        )
+        cal = phantoms(CAL_SEED_OFFSET, cal_studies, "threshold phantoms")
         path = export(
             result.best,
             out,
