@@ -57,11 +57,30 @@ def pacs_factory() -> Iterator[Callable[..., RecordingPacs]]:
         pacs.stop()
 
 
+#: Debian's DICOMweb plugin of Orthanc (package ``orthanc-dicomweb``).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """A real Orthanc (own free ports, TCP_NODELAY=1); the node is added as modality
     ``ich`` by the test through REST, once the node's port is known."""
-    root = tmp_path / "orthanc"
+    yield from _run_orthanc(tmp_path / "orthanc", {"Plugins": []})
+
+
+@pytest.fixture
+def orthanc_dicomweb(tmp_path: Path) -> Iterator[Orthanc]:
+    """The same Orthanc with its DICOMweb plugin, STOW-RS at ``/dicom-web/studies``."""
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.fail(f"{DICOMWEB_PLUGIN} missing: make deps installs orthanc-dicomweb")
+    extra = {
+        "Plugins": [str(DICOMWEB_PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    yield from _run_orthanc(tmp_path / "orthanc-dicomweb", extra)
+
+
+def _run_orthanc(root: Path, extra: dict[str, Any]) -> Iterator[Orthanc]:
     root.mkdir()
     http_port, dicom_port = free_port(), free_port()
     config = {
@@ -74,7 +93,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomScuTimeout": 30,
-        "Plugins": [],
+        **extra,
     }
     (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
     proc = subprocess.Popen(
