@@ -1,6 +1,7 @@
 """End to end with a real DICOMweb archive: Orthanc (with Debian's DICOMweb plugin)
 pushes a study to the node over C-STORE, and the node's SR and SC go back over STOW-RS
-into the same study; a destination whose URL has a wrong path (404) fails permanently."""
+into the same study; a destination whose URL has a wrong path (404) fails permanently,
+and one whose archive is down is retried until it is up."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from nodes import NODE_AET, Node, Orthanc, wait_for
-from pipeline.support import assert_no_phi, http_bytes, phantom
+from nodes import NODE_AET, Node, Orthanc, storescu, wait_for
+from peers import free_port
+from pipeline.support import assert_no_phi, http_bytes, phantom, running_orthanc
 from prometheus_client import generate_latest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
@@ -91,4 +93,50 @@ def test_sr_and_sc_arrive_over_stow_rs_and_a_404_fails_permanently(
     metrics = generate_latest(node.service.metrics.registry).decode()
     assert 'dicom_node_deliveries_total{destination="archive",outcome="sent"} 1.0' in metrics
     assert 'dicom_node_deliveries_total{destination="wrong-path",outcome="failed"} 1.0' in metrics
+    assert_no_phi(node.log.getvalue(), study)
+
+
+def test_archive_down_is_retried_and_sent_once_it_is_up(
+    tmp_path: Path, start_node: Callable[..., Node]
+) -> None:
+    http_port = free_port()  # where the archive will listen; nothing does yet
+    node = start_node(
+        [
+            dicomweb(
+                "archive",
+                f"http://127.0.0.1:{http_port}/dicom-web",
+                max_attempts=100,
+                retry_base_s=0.2,
+                retry_cap_s=0.5,
+            )
+        ]
+    )
+    study = phantom(tmp_path / "src", seed=68, n_slices=10)
+    assert storescu(node.port, study.main.files).returncode == 0
+
+    def delivery() -> Any:
+        s = node.study(study.study_uid)
+        rows = {d.destination: d for d in s.deliveries} if s is not None else {}
+        return rows.get("archive")
+
+    down = wait_for(
+        lambda: (d := delivery()) is not None and d.attempts >= 2 and d,
+        90,
+        "two failed attempts while the archive is down",
+    )
+    assert down.state == "pending"  # transient: still to be retried
+    assert "cannot reach STOW-RS endpoint" in (down.last_error or "")
+
+    with running_orthanc(tmp_path / "archive", dicomweb=True, http_port=http_port) as archive:
+        sent = wait_for(
+            lambda: (d := delivery()) is not None and d.state != "pending" and d,
+            60,
+            "the delivery to settle once the archive is up",
+        )
+        assert sent.state == "sent"
+        assert sent.attempts > down.attempts
+        (held,) = archive.request("GET", "/studies")
+        tags = archive.request("GET", f"/studies/{held}")["MainDicomTags"]
+        assert tags["StudyInstanceUID"] == study.study_uid
+        assert len(archive.request("GET", f"/studies/{held}/instances")) == 2  # SR + SC
     assert_no_phi(node.log.getvalue(), study)
