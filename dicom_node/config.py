@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
@@ -155,9 +156,10 @@ class DicomwebAuth(_Section):
     ``ICH_DESTINATIONS='[{"kind": "dicomweb", "name": ..., "auth": {"bearer": ...}}]'``.
     """
 
-    bearer: str | None = Field(None, min_length=1)
+    #: Secrets as ``SecretStr``: a repr or a dump of the settings shows ``**********``.
+    bearer: SecretStr | None = Field(None, min_length=1)
     username: str | None = Field(None, min_length=1)
-    password: str | None = None
+    password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _one_scheme(self) -> DicomwebAuth:

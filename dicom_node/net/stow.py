@@ -60,9 +60,9 @@ def _headers(dest: DicomwebDestination, boundary: str) -> dict[str, str]:
     }
     auth = dest.auth
     if auth is not None and auth.bearer is not None:
-        headers["Authorization"] = f"Bearer {auth.bearer}"
-    elif auth is not None:
-        pair = f"{auth.username}:{auth.password}".encode()
+        headers["Authorization"] = f"Bearer {auth.bearer.get_secret_value()}"
+    elif auth is not None and auth.password is not None:
+        pair = f"{auth.username}:{auth.password.get_secret_value()}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
     return headers
 

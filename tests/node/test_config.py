@@ -96,7 +96,9 @@ def test_destination_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert cloud.url == "https://archive.example.org/dicom-web"  # no trailing slash
     assert cloud.send == ("sr",)
     assert cloud.auth is not None
-    assert cloud.auth.password == "from-file"
+    assert cloud.auth.password is not None
+    assert cloud.auth.password.get_secret_value() == "from-file"
+    assert "from-file" not in repr(cloud)
     assert cloud.max_attempts == 8
     assert cloud.timeout_s == 30.0
 
@@ -105,7 +107,8 @@ def test_destination_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     (env,) = load_settings(cfg).destinations
     assert isinstance(env, DicomwebDestination)
     assert env.auth is not None
-    assert env.auth.bearer == "tok"
+    assert env.auth.bearer is not None
+    assert env.auth.bearer.get_secret_value() == "tok"
     assert env.auth.username is None
 
 
