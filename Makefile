@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := dcmtk orthanc dicom3tools chromium
+DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 # torch/torchvision are pinned to the releases this project is tested with; the node also
 # runs on torch 2.11 / torchvision 0.26 (pyproject.toml allows them).
 TORCH  := torch==2.14.1 torchvision==0.29.1
@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests use as real peers: dcmtk (storescu/storescp/dcmcjpeg...),
-# Orthanc (a real PACS), dicom3tools (dciodvfy, the DICOM validator) and chromium (the
+# Orthanc (a real PACS) with its DICOMweb plugin (STOW-RS destinations), dicom3tools (dciodvfy, the DICOM validator) and chromium (the
 # worklist's browser test, driven by Playwright; never `playwright install`).
 debs:
-	@if [ -x /usr/bin/storescu ] && [ -x /usr/bin/dciodvfy ] && [ -x /usr/sbin/Orthanc ] && [ -x /usr/bin/chromium ]; then :; else \
+	@if [ -x /usr/bin/storescu ] && [ -x /usr/bin/dciodvfy ] && [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -x /usr/bin/chromium ]; then :; else \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS); \
 	fi

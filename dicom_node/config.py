@@ -17,7 +17,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -126,9 +129,16 @@ class _Retried(_Section):
 NOTIFY_PREFIXES: Final = ("webhook:", "hl7:")
 
 
-class Destination(_Retried):
-    """A PACS (or any Storage SCP) that receives our results."""
+def _check_destination_name(value: str) -> str:
+    if value.startswith(NOTIFY_PREFIXES):
+        raise ValueError(f"must not start with {' or '.join(NOTIFY_PREFIXES)}")
+    return value
 
+
+class Destination(_Retried):
+    """A PACS (or any Storage SCP) that receives our results over C-STORE."""
+
+    kind: Literal["dimse"] = "dimse"
     name: str
     ae_title: str
     host: str
@@ -136,13 +146,80 @@ class Destination(_Retried):
     send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
 
     _ae = field_validator("ae_title")(_check_ae)
+    _name = field_validator("name")(_check_destination_name)
 
-    @field_validator("name")
+
+class DicomwebAuth(_Section):
+    """How we authenticate to a STOW-RS endpoint: a bearer token, or HTTP Basic.
+
+    Secrets belong in the environment rather than the file:
+    ``ICH_DESTINATIONS='[{"kind": "dicomweb", "name": ..., "auth": {"bearer": ...}}]'``.
+    """
+
+    #: Secrets as ``SecretStr``: a repr or a dump of the settings shows ``**********``.
+    bearer: SecretStr | None = Field(None, min_length=1)
+    username: str | None = Field(None, min_length=1)
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> DicomwebAuth:
+        basic = self.username is not None or self.password is not None
+        if self.bearer is not None and basic:
+            raise ValueError("give either bearer or username/password, not both")
+        if basic and (self.username is None or self.password is None):
+            raise ValueError("username and password go together")
+        if self.bearer is None and not basic:
+            raise ValueError("give bearer or username and password")
+        return self
+
+
+class DicomwebDestination(_Retried):
+    """An archive that takes results over DICOMweb STOW-RS (a cloud PACS, a VNA) where
+    no DIMSE port is open: one multipart POST of the SR and/or SC to ``<url>/studies``."""
+
+    kind: Literal["dicomweb"]
+    name: str
+    #: The DICOMweb base (``https://pacs.example.org/dicom-web``), without ``/studies``.
+    url: str
+    auth: DicomwebAuth | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
+
+    _name = field_validator("name")(_check_destination_name)
+
+    @field_validator("url")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if value.startswith(NOTIFY_PREFIXES):
-            raise ValueError(f"must not start with {' or '.join(NOTIFY_PREFIXES)}")
-        return value
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+def _destination_kind(value: Any) -> str:
+    """``kind`` of a destination; absent = ``dimse``, so older configs stay valid."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "dimse"))
+    return str(getattr(value, "kind", "dimse"))
+
+
+#: A destination of results: C-STORE (``kind: dimse``, the default) or STOW-RS.
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomwebDestination, Tag("dicomweb")],
+    Discriminator(
+        _destination_kind,
+        custom_error_type="destination_kind",
+        custom_error_message="kind must be 'dimse' (the default) or 'dicomweb'",
+    ),
+]
+
+
+def _default_destinations() -> list[Destination | DicomwebDestination]:
+    return [Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)]
+
+
+#: Union tags pydantic puts in an error's location (``destinations.0.dicomweb.url``);
+#: dropped from messages, where the key is what the admin wrote.
+_UNION_TAGS: Final = frozenset({"dimse", "dicomweb"})
 
 
 _NOTIFY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -350,11 +427,7 @@ class Settings(BaseSettings):
     study: StudySection = Field(default_factory=StudySection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
     series_choice: SeriesChoiceSection = Field(default_factory=SeriesChoiceSection)
-    destinations: list[Destination] = Field(
-        default_factory=lambda: [
-            Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=4242)
-        ]
-    )
+    destinations: list[AnyDestination] = Field(default_factory=_default_destinations)
     web: WebSection = Field(default_factory=WebSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -382,7 +455,11 @@ def _format_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ""
+        previous: object = None
         for part in err["loc"]:
+            after_index, previous = isinstance(previous, int), part
+            if after_index and part in _UNION_TAGS:
+                continue
             if isinstance(part, int):
                 key += f"[{part}]"
             elif part != "[key]":  # pydantic's marker for an invalid mapping key

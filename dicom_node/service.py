@@ -54,7 +54,7 @@ from dicom_node.pipeline.delivery import (
     Channel,
     Deliverer,
     DeliverySettings,
-    PacsChannel,
+    destination_channel,
     register_deliverer,
     unregister_deliverer,
 )
@@ -155,7 +155,7 @@ class Service:
                     network_s=s.node.network_timeout_s,
                 ),
             )
-            channels: list[Channel] = [PacsChannel(d, scu) for d in s.destinations]
+            channels: list[Channel] = [destination_channel(d, scu) for d in s.destinations]
             self.deliverer = MeteredDeliverer(
                 self.index,
                 self.scheduler,

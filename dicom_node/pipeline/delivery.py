@@ -1,8 +1,9 @@
 """Deliveries of results: durable, retried with backoff, once per destination.
 
-A destination is a :class:`Channel`: a PACS (:class:`PacsChannel`, the SR/SC over C-STORE)
-or a notification (:mod:`dicom_node.pipeline.notifying`: webhook, HL7), each with the
-same retry policy keys (``max_attempts``, ``retry_base_s``, ``retry_cap_s``).
+A destination is a :class:`Channel`: a PACS (:class:`PacsChannel`, the SR/SC over C-STORE;
+:class:`DicomwebChannel`, the same over STOW-RS) or a notification
+(:mod:`dicom_node.pipeline.notifying`: webhook, HL7), each with the same retry policy keys
+(``max_attempts``, ``retry_base_s``, ``retry_cap_s``).
 
 Each (study, destination) has one row in the index's ``deliveries`` table and, while
 ``pending``, one persistent APScheduler job ``deliver:<study digest>:<destination>``. A job
@@ -31,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from dicom_node.config import Destination
+from dicom_node.config import Destination, DicomwebDestination
 from dicom_node.errors import PermanentError, TransientError
 from dicom_node.logs import study_key
 from dicom_node.net.scu import ScuTimeouts, backoff_seconds, send
+from dicom_node.net.stow import store
 from dicom_node.pipeline.runtimes import Runtimes
 from dicom_node.pipeline.scheduler import job_key
 from dicom_node.store.index import DeliveryRow, DeliveryState, Index
@@ -116,6 +118,33 @@ class PacsChannel:
             timeouts=self.settings.timeouts,
         )
         return res.elapsed_s
+
+
+class DicomwebChannel:
+    """An archive over STOW-RS: the SR and/or SC of the result in one POST per attempt."""
+
+    def __init__(self, dest: DicomwebDestination) -> None:
+        self.name = dest.name
+        self.retry = dest
+        self.dest = dest
+
+    def wants(self, files: dict[str, Path], findings: dict[str, Any] | None) -> bool:
+        return any(kind in files for kind in self.dest.send)
+
+    def send(self, study_uid: str, result: dict[str, Any]) -> float:
+        files = [Path(result["files"][k]) for k in self.dest.send if k in result["files"]]
+        if any(not p.is_file() for p in files):
+            raise PermanentError("result files are missing")
+        return store(self.dest, files)
+
+
+def destination_channel(
+    dest: Destination | DicomwebDestination, settings: DeliverySettings
+) -> Channel:
+    """The channel of one configured destination, by its ``kind``."""
+    if isinstance(dest, DicomwebDestination):
+        return DicomwebChannel(dest)
+    return PacsChannel(dest, settings)
 
 
 class Deliverer:

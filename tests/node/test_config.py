@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import load_settings
+from dicom_node.config import Destination, DicomwebDestination, load_settings
 from dicom_node.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +50,25 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("study: {quiet_seconds: -1}\n", "study.quiet_seconds"),
         ("destinations: [{name: p, ae_title: X, host: h, port: 0}]\n", "destinations[0].port"),
         ("bogus: 1\n", "bogus"),
+        ("destinations: [{kind: dicomweb, name: w}]\n", "destinations[0].url"),
+        ("destinations: [{kind: dicomweb, name: w, url: 'ftp://x'}]\n", "destinations[0].url"),
+        (
+            "destinations: [{kind: dicomweb, name: w, url: 'http://x', auth: {username: u}}]\n",
+            "destinations[0].auth",
+        ),
+        (
+            "destinations: [{kind: dicomweb, name: w, url: 'http://x', timeout_s: 0}]\n",
+            "destinations[0].timeout_s",
+        ),
+        (
+            "destinations: [{kind: dicomweb, name: w, url: 'http://x', port: 4}]\n",
+            "destinations[0].port",
+        ),
+        (
+            "destinations: [{kind: dicomweb, name: 'hl7:w', url: 'http://x'}]\n",
+            "destinations[0].name",
+        ),
+        ("destinations: [{kind: stow, name: w, url: 'http://x'}]\n", "destinations[0]: kind"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -58,6 +77,39 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     assert key in str(info.value)
+
+
+def test_destination_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``kind`` is a C-STORE PACS (older configs stay valid); ``kind: dicomweb`` is a
+    STOW-RS archive whose secret may come from the environment."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "destinations:\n"
+        "  - {name: pacs, ae_title: PACS, host: pacs.local, port: 104}\n"
+        "  - {kind: dicomweb, name: cloud, url: 'https://archive.example.org/dicom-web/',\n"
+        "     auth: {username: ich, password: from-file}, send: [sr]}\n"
+    )
+    pacs, cloud = load_settings(cfg).destinations
+    assert isinstance(pacs, Destination)
+    assert pacs.kind == "dimse"
+    assert isinstance(cloud, DicomwebDestination)
+    assert cloud.url == "https://archive.example.org/dicom-web"  # no trailing slash
+    assert cloud.send == ("sr",)
+    assert cloud.auth is not None
+    assert cloud.auth.password is not None
+    assert cloud.auth.password.get_secret_value() == "from-file"
+    assert "from-file" not in repr(cloud)
+    assert cloud.max_attempts == 8
+    assert cloud.timeout_s == 30.0
+
+    override = '[{"kind": "dicomweb", "name": "cloud", "url": "https://a.example.org/dw",'
+    monkeypatch.setenv("ICH_DESTINATIONS", override + ' "auth": {"bearer": "tok"}}]')
+    (env,) = load_settings(cfg).destinations
+    assert isinstance(env, DicomwebDestination)
+    assert env.auth is not None
+    assert env.auth.bearer is not None
+    assert env.auth.bearer.get_secret_value() == "tok"
+    assert env.auth.username is None
 
 
 def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

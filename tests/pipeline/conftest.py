@@ -7,17 +7,19 @@ poll for readiness: pynetdicom Storage SCPs in this process, Orthanc as a subpro
 from __future__ import annotations
 
 import io
-import json
-import subprocess
-import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import ORTHANC, PEER_ENV, Node, Orthanc, running_nodes, wait_for
-from peers import free_port
-from pipeline.support import RecordingPacs, make_checkpoint, pipeline_config, start_pacs
+from nodes import Node, Orthanc, running_nodes
+from pipeline.support import (
+    RecordingPacs,
+    make_checkpoint,
+    pipeline_config,
+    running_orthanc,
+    start_pacs,
+)
 
 
 @pytest.fixture(scope="session")
@@ -61,46 +63,12 @@ def pacs_factory() -> Iterator[Callable[..., RecordingPacs]]:
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """A real Orthanc (own free ports, TCP_NODELAY=1); the node is added as modality
     ``ich`` by the test through REST, once the node's port is known."""
-    root = tmp_path / "orthanc"
-    root.mkdir()
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "pipeline-orthanc",
-        "StorageDirectory": str(root / "db"),
-        "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomScuTimeout": 30,
-        "Plugins": [],
-    }
-    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
-    proc = subprocess.Popen(
-        [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"Orthanc exited with {proc.returncode}")
-        try:
-            peer.request("GET", "/system", timeout=2)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return True
-
-    try:
-        wait_for(ready, 30, "Orthanc REST")
+    with running_orthanc(tmp_path / "orthanc") as peer:
         yield peer
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+
+@pytest.fixture
+def orthanc_dicomweb(tmp_path: Path) -> Iterator[Orthanc]:
+    """The same Orthanc with its DICOMweb plugin, STOW-RS at ``/dicom-web/studies``."""
+    with running_orthanc(tmp_path / "orthanc-dicomweb", dicomweb=True) as peer:
+        yield peer

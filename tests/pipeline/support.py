@@ -9,16 +9,21 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import subprocess
 import threading
+import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import yaml
-from nodes import SENTINEL_ID, SENTINEL_NAME, write_config
+from nodes import ORTHANC, PEER_ENV, SENTINEL_ID, SENTINEL_NAME, Orthanc, wait_for, write_config
+from peers import free_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
@@ -227,3 +232,64 @@ def http_bytes(url: str, timeout: float = 30) -> bytes:
     """GET ``url`` and return the body (Orthanc's ``/instances/{id}/file``)."""
     with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback Orthanc only
         return bytes(resp.read())
+
+
+#: Debian's DICOMweb plugin of Orthanc (package ``orthanc-dicomweb``, ``make debs``).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@contextmanager
+def running_orthanc(
+    root: Path, *, dicomweb: bool = False, http_port: int | None = None
+) -> Iterator[Orthanc]:
+    """A real Orthanc on free ports (or ``http_port``), stopped on exit; with
+    ``dicomweb``, its DICOMweb plugin serves STOW-RS at ``/dicom-web/studies``."""
+    root.mkdir(exist_ok=True)
+    http_port, dicom_port = http_port or free_port(), free_port()
+    plugins: dict[str, Any] = {"Plugins": []}
+    if dicomweb:
+        assert DICOMWEB_PLUGIN.is_file(), f"{DICOMWEB_PLUGIN} missing: make debs installs it"
+        plugins = {
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+    config = {
+        "Name": "pipeline-orthanc",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomScuTimeout": 30,
+        **plugins,
+    }
+    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
+    proc = subprocess.Popen(
+        [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited with {proc.returncode}")
+        try:
+            peer.request("GET", "/system", timeout=2)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    try:
+        wait_for(ready, 30, "Orthanc REST")
+        yield peer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
