@@ -24,21 +24,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from dicom_node.config import DicomwebDestination
-from dicom_node.errors import PermanentError, TransientError
+from dicom_node.errors import TransientError
+from dicom_node.http_post import post
 
-_TRANSIENT_4XX: Final = frozenset({408, 429})
 FAILED_SOP_SEQUENCE: Final = "00081198"
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER: Final = urllib.request.build_opener(_NoRedirect)
 
 
 def multipart_body(files: Sequence[Path], boundary: str) -> bytes:
@@ -95,28 +87,14 @@ def store(dest: DicomwebDestination, files: Sequence[Path]) -> float:
         headers=_headers(dest, boundary),
     )
     t0 = time.perf_counter()
-    try:
-        with _OPENER.open(request, timeout=dest.timeout_s) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        code = exc.code
-        exc.close()
-        reason = f"STOW-RS HTTP {code}"
-        if code >= 500 or code in _TRANSIENT_4XX:
-            raise TransientError(reason) from None
-        raise PermanentError(reason) from None  # 4xx, or a redirect we do not follow
-    except urllib.error.URLError as exc:
-        raise TransientError(f"cannot reach STOW-RS endpoint ({_why(exc.reason)})") from None
-    except (TimeoutError, ConnectionError, OSError) as exc:
-        raise TransientError(f"STOW-RS connection failed ({_why(exc)})") from None
+    body = post(
+        request,
+        dest.timeout_s,
+        peer="STOW-RS endpoint",
+        label="STOW-RS",
+        status_prefix="STOW-RS HTTP",
+    )
     failed = failed_count(body)
     if failed:
         raise TransientError(f"STOW-RS: {failed} of {len(files)} instances not stored")
     return time.perf_counter() - t0
-
-
-def _why(reason: object) -> str:
-    """A short cause without the URL."""
-    if isinstance(reason, BaseException):
-        return type(reason).__name__
-    return str(reason)[:80]

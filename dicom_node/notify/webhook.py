@@ -22,10 +22,10 @@ import urllib.request
 from typing import Any, Final
 
 from dicom_node.config import Webhook
+from dicom_node.http_post import post as http_post
 from dicom_node.notify.report import PermanentNotifyError, StudyReport, TransientNotifyError
 
 SIGNATURE_HEADER: Final = "X-ICH-Signature"
-_TRANSIENT_4XX: Final = frozenset({408, 429})
 
 
 def payload(report: StudyReport) -> dict[str, Any]:
@@ -60,14 +60,6 @@ def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_OPENER: Final = urllib.request.build_opener(_NoRedirect)
-
-
 def post(hook: Webhook, report: StudyReport) -> float:
     """POST the study to ``hook``; returns the seconds it took. Raises on failure."""
     body = body_of(report)
@@ -82,25 +74,11 @@ def post(hook: Webhook, report: StudyReport) -> float:
         },
     )
     t0 = time.perf_counter()
-    try:
-        with _OPENER.open(request, timeout=hook.timeout_s) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        code = exc.code
-        exc.close()
-        reason = f"HTTP {code}"
-        if code >= 500 or code in _TRANSIENT_4XX:
-            raise TransientNotifyError(reason) from None
-        raise PermanentNotifyError(reason) from None  # 4xx, or a redirect we do not follow
-    except urllib.error.URLError as exc:
-        raise TransientNotifyError(f"cannot reach webhook ({_why(exc.reason)})") from None
-    except (TimeoutError, ConnectionError, OSError) as exc:
-        raise TransientNotifyError(f"webhook connection failed ({_why(exc)})") from None
+    http_post(
+        request,
+        hook.timeout_s,
+        peer="webhook",
+        transient=TransientNotifyError,
+        permanent=PermanentNotifyError,
+    )
     return time.perf_counter() - t0
-
-
-def _why(reason: object) -> str:
-    """A short cause without the URL (it may carry a token in its path or query)."""
-    if isinstance(reason, BaseException):
-        return type(reason).__name__
-    return str(reason)[:80]
