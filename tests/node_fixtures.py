@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import subprocess
-import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from nodes import (
     Orthanc,
     run_tool,
     running_nodes,
-    wait_for,
     write_config,
 )
 from peers import free_port
@@ -152,17 +150,7 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[[int], Orthanc]]:
         )
         procs.append(proc)
         orthanc = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"Orthanc exited with {proc.returncode}")
-            try:
-                orthanc.request("GET", "/system", timeout=2)
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
-            return True
-
-        wait_for(ready, 30, "Orthanc REST")
+        orthanc.wait_ready()
         return orthanc
 
     yield start

@@ -192,6 +192,20 @@ class Orthanc:
     def upload(self, path: Path) -> str:
         return str(self.request("POST", "/instances", path.read_bytes())["ID"])
 
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Poll the REST API until it answers; fail at once if Orthanc exited."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Orthanc exited with {self.proc.returncode}")
+            try:
+                self.request("GET", "/system", timeout=2)
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+            return True
+
+        wait_for(ready, timeout, "Orthanc REST")
+
 
 class ServeProcess:
     """``python -m dicom_node.cli serve --config F`` as a subprocess, its log in a file.

@@ -22,7 +22,7 @@ from typing import Any
 
 import pydicom
 import yaml
-from nodes import ORTHANC, PEER_ENV, SENTINEL_ID, SENTINEL_NAME, Orthanc, wait_for, write_config
+from nodes import ORTHANC, PEER_ENV, SENTINEL_ID, SENTINEL_NAME, Orthanc, write_config
 from peers import free_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -273,18 +273,8 @@ def running_orthanc(
         stderr=subprocess.DEVNULL,
     )
     peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"Orthanc exited with {proc.returncode}")
-        try:
-            peer.request("GET", "/system", timeout=2)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return True
-
     try:
-        wait_for(ready, 30, "Orthanc REST")
+        peer.wait_ready()
         yield peer
     finally:
         proc.terminate()
