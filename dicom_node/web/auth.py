@@ -244,11 +244,14 @@ async def login(request: Request, ctx: Annotated[WebContext, Depends(context)]) 
     return RedirectResponse(target, status_code=303)
 
 
-@router.api_route("/logout", methods=["GET", "POST"])
-def logout(request: Request) -> Response:
-    """Forget the session (GET too: a forced logout costs an attacker nothing to gain)."""
-    user = request.session.get("user")
+@router.post("/logout")
+async def logout(request: Request, ctx: Annotated[WebContext, Depends(context)]) -> Response:
+    """Forget the session: POST with the session's CSRF token only, so that another site
+    cannot log a radiologist out in the middle of a shift by embedding a link."""
+    who = principal_of(request, _auth(ctx))
+    if who is None or who.kind != "user":
+        return RedirectResponse("/login", status_code=303)
+    require_csrf(request, who, (await read_form(request)).get("csrf"))
     request.session.clear()
-    if user:
-        log.info("web.logout", extra={"user": user})
+    log.info("web.logout", extra={"user": who.name})
     return RedirectResponse("/login", status_code=303)

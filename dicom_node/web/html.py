@@ -27,6 +27,8 @@ header { display: flex; gap: 1.5em; align-items: center; padding: .5em 1em;
          background: #151a21; border-bottom: 1px solid #2a313b; }
 header h1 { font-size: 1.2em; margin: 0; }
 header .who { margin-left: auto; color: #9aa4b1; }
+header .who button.link { background: none; border: none; color: inherit; font: inherit;
+  text-decoration: underline; cursor: pointer; padding: 0; }
 a { color: #7cc4ff; }
 main { padding: 1em; }
 table { border-collapse: collapse; width: 100%; }
@@ -74,7 +76,9 @@ def page(
 ) -> HTMLResponse:
     """A whole page around ``body`` (markup already escaped by the caller)."""
     who = (
-        f'<span class="who">{html.escape(user)} · <a href="/logout">log out</a></span>'
+        f'<form class="who" method="post" action="/logout">{html.escape(user)} · '
+        f'<input type="hidden" name="csrf" value="{html.escape(csrf, quote=True)}">'
+        '<button type="submit" class="link">log out</button></form>'
         if user
         else ""
     )

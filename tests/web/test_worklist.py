@@ -203,9 +203,15 @@ def test_every_protected_route_is_refused_without_a_valid_login(
         _refused_everywhere(c)
         # logged in, then out: refused again
         c.cookies.clear()
-        _login(c)
+        csrf = _login(c)
         assert c.get("/api/studies").status_code == 200
-        assert c.get("/logout").status_code == 303
+        # logging out is a POST with the session's CSRF token: a link on another site
+        # (GET, or a form without the token) cannot end a radiologist's session
+        assert c.get("/logout").status_code == 405
+        assert c.post("/logout", data={"csrf": "forged"}).status_code == 403
+        assert c.get("/api/studies").status_code == 200
+        assert 'action="/logout"' in c.get("/").text
+        assert c.post("/logout", data={"csrf": csrf}).status_code == 303
         _refused_everywhere(c)
         # an open redirect is not followed: next goes only to a path of this site
         resp = c.post("/login", data={"username": "dr.rossi", "password": PASSWORD,
