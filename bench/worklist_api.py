@@ -7,9 +7,13 @@ their "file gone" path, so header reads are not in these numbers); the point is 
 index's aggregate over every instance, which every poll pays. ``--ab-commits`` then
 times index commits (what each C-STORE waits for) while a thread polls without pause,
 once through ``Index.studies`` (the writer's connection and lock) and once through
-``Index.browse`` (the monitoring connection the worklist uses).
+``Index.browse`` (the monitoring connection the worklist uses). ``--http N`` times the
+whole ``GET /api/studies`` (first page of 50, bearer token, JSON) through FastAPI's test
+client N times and prints the median: the issue's figure (1,000 studies, median of 20,
+under 100 ms).
 
     .venv/bin/python bench/worklist_api.py --studies 3000 --instances 100
+    .venv/bin/python bench/worklist_api.py --studies 1000 --instances 100 --http 20
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fastapi.testclient import TestClient
+
+from dicom_node.config import ApiToken, WebSection
+from dicom_node.metrics import NodeMetrics
 from dicom_node.store.index import Index, InstanceRow, StudyRow
+from dicom_node.web.app import create_app
+from dicom_node.web.auth import Authenticator, token_digest
+from dicom_node.web.context import WebContext
 from dicom_node.web.studies import StudyFilter, StudySource
 
 
@@ -84,12 +95,34 @@ def commits_while_polling(index: Index, poll: Callable[[], list[StudyRow]], n: i
     return f"median {statistics.median(lat):.2f} ms, max {max(lat):.1f} ms"
 
 
+def http_listing(src: StudySource, n: int) -> str:
+    """Median and worst of ``n`` ``GET /api/studies`` through the app's test client."""
+    token = "bench-token-" + "x" * 32
+    web = WebSection(api_tokens=[ApiToken(name="bench", token_sha256=token_digest(token))])
+    ctx = WebContext(metrics=NodeMetrics(), readiness=lambda: [], auth=Authenticator(web),
+                     studies=src)  # fmt: skip
+    lat = []
+    with TestClient(create_app(ctx)) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        first = client.get("/api/studies", headers=headers)  # warm-up, checked
+        assert first.status_code == 200, first.text
+        total = first.json()["total"]
+        for _ in range(n):
+            t0 = time.perf_counter()
+            resp = client.get("/api/studies", headers=headers)
+            lat.append((time.perf_counter() - t0) * 1000)
+            assert resp.status_code == 200
+    return (f"GET /api/studies ({total} studies, first page) x{n}: "
+            f"median {statistics.median(lat):.1f} ms, max {max(lat):.1f} ms")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--studies", type=int, default=3000)
     ap.add_argument("--instances", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ab-commits", type=int, default=0, help="commits timed per variant")
+    ap.add_argument("--http", type=int, default=0, help="GET /api/studies timed N times")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "index.sqlite"
@@ -109,6 +142,8 @@ def main() -> None:
                 fn()
             ms = (time.perf_counter() - t0) / args.repeat * 1000
             print(f"{name}: {ms:.2f} ms")
+        if args.http:
+            print(http_listing(src, args.http))
         if args.ab_commits:
             for poll in (index.studies, index.browse):
                 print(f"commits while polling {poll.__name__}: "
