@@ -8,6 +8,7 @@ fails here rather than only disagreeing with another decoder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -281,3 +282,80 @@ def test_preferred_plugins_are_installed() -> None:
 def test_pool_needs_a_helper() -> None:
     with pytest.raises(ValueError, match="at least one helper"):
         DecodePool(0)
+
+
+def _holder_of(pool: DecodePool, path: Path) -> int | None:
+    """The helper that has ``path`` open (reading it), from /proc."""
+    for pid in pool.pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if fd.readlink() == path:
+                        return pid
+    return None
+
+
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_helper_killed_in_the_middle_of_a_slice(
+    tmp_path: Path, studies: dict[str, WrittenStudy], deaths: int
+) -> None:
+    """A helper dying on a slice (a codec crash, the OOM killer) costs that slice one more
+    try in another helper; a slice that kills two helpers fails the series by its number,
+    and no other slice is lost or decoded twice.
+
+    The slice is a FIFO, so a helper blocks on it for as long as the test wants: the test
+    opens its other end (without writing), kills whichever helper holds it open, then (one
+    death) puts the real file in its place.
+    """
+    study = studies["jpeg2000"]
+    paths = list(study.main.files)  # written in slice order
+    bad = 5
+    real = tmp_path / "real.dcm"
+    real.write_bytes(paths[bad].read_bytes())
+    fifo = tmp_path / "slice.dcm"
+    os.mkfifo(fifo)
+    paths[bad] = fifo
+    kills: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.wait(0.01):
+            try:  # succeeds once a helper waits in open(): it then blocks in read()
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                pid = None
+                while pid is None and not done.wait(0.01):
+                    pid = _holder_of(own, fifo)
+                if pid is None:
+                    return
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+            finally:
+                os.close(writer)
+            if len(kills) == deaths == 1:
+                fifo.unlink()
+                real.rename(fifo)  # the retry reads the real slice
+            if len(kills) == deaths:
+                return
+
+    with DecodePool(2) as own:
+        own.start(wait=True)
+        rows, cols = study.volume.hu.shape[1:]
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        try:
+            if deaths == 1:
+                out = decode_series(paths, rows, cols, pool=own)
+                np.testing.assert_array_equal(out.hu, study.volume.hu.astype(np.float32))
+            else:
+                with pytest.raises(
+                    SeriesError, match=r"slice 6 of 12: its decoder process died twice"
+                ):
+                    decode_series(paths, rows, cols, pool=own)
+        finally:
+            done.set()
+            t.join(5)
+        assert len(kills) == deaths
+        assert all(pid not in own.pids for pid in kills)
