@@ -263,7 +263,7 @@ def frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader]:
         replace(
             header,
             frame=f.number,
-            position=f.position,
+            position=f.position,  # type: ignore[arg-type]  # three numbers (enhanced_ct)
             orientation=f.orientation,
             pixel_spacing=f.pixel_spacing or header.pixel_spacing,  # type: ignore[arg-type]
             slice_thickness=(

@@ -9,8 +9,8 @@ descriptions by people (one site's "HEAD WITHOUT CONTRAST" is another's "CT HEAD
 1. **What the object is** (hard: nothing overrides it): CT Image Storage (single-frame),
    or Enhanced CT / Legacy Converted Enhanced CT whose frames the Per-Frame Functional
    Groups place (:mod:`models.enhanced_ct`: each frame is then judged as a slice, its
-   FrameType as its ImageType), modality CT. Secondary Capture dose reports and protocol pages, dose SRs and other
-   non-image objects are skipped, each with its own reason.
+   FrameType as its ImageType), modality CT. Secondary Capture dose reports and protocol
+   pages, dose SRs and other non-image objects are skipped, each with its own reason.
 2. **ImageType** (PS3.3 C.8.2.1.1.1): LOCALIZER, DERIVED\\SECONDARY (post-processed), or
    a projection/rendering value (MIP, MINIP, VR, 3D, ...) is skipped whatever the
    description says, and so is a reformat value (MPR, REFORMATTED, ...) without ORIGINAL.
