@@ -23,7 +23,8 @@ descriptions by people (one site's "HEAD WITHOUT CONTRAST" is another's "CT HEAD
    contrast; an explicit "none" value means none, and then text is not consulted. In
    Enhanced CT the Contrast/Bolus Usage functional group decides per frame
    (ContrastBolusAgentAdministered YES: contrast; NO on every frame: none, whatever
-   agents the Enhanced Contrast/Bolus module lists).
+   agents the Enhanced Contrast/Bolus module lists); an image flavor (ImageType or
+   FrameType value 3) POST_CONTRAST means contrast, PRE_CONTRAST none.
 4. **Wording** (:mod:`models.series_wording`), only where 2 and 3 are silent: the image
    kind the SeriesDescription names (scout, dose report, MIP, 3D, MPR, COR, SAG, ...)
    unless ImageType is ORIGINAL and AXIAL; then contrast, read as words with negations
@@ -368,7 +369,9 @@ def _heuristic_reason(headers: Sequence[InstanceHeader]) -> str | None:
         return why
     if _LOCALIZER_SCAN_OPTIONS.search(first.scan_options.upper()):
         return f"localizer/scout (ScanOptions {first.scan_options!r})"
-    explicit_none = False
+    if "POST_CONTRAST" in image_type:  # Enhanced CT's image flavor (PS3.3 C.8.16.1.3)
+        return "contrast-enhanced (ImageType/FrameType POST_CONTRAST)"
+    explicit_none = "PRE_CONTRAST" in image_type
     for h in headers:
         evidence, none = _contrast_attributes(h)
         if evidence is not None:

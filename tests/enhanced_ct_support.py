@@ -116,8 +116,9 @@ def true_enhanced(
     ds.ContentDate, ds.ContentTime = first.StudyDate, first.StudyTime
     ds.AcquisitionDateTime = f"{first.StudyDate}{first.StudyTime}"
     ds.DeviceSerialNumber = "PHANTOM-1"
-    # Enhanced CT Image module (PS3.3 C.8.15.2): ImageType values 3 and 4 as CT writes them.
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    # Enhanced CT Image module (PS3.3 C.8.15.2): value 3 is the image flavor (VOLUME for
+    # a reconstructed stack, as Siemens writes it), value 4 the derived pixel contrast.
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
     ds.VolumeBasedCalculationTechnique = "NONE"
@@ -126,6 +127,8 @@ def true_enhanced(
     ds.PresentationLUTShape = "IDENTITY"
     ds.ContentQualification = "PRODUCT"
     ds.AcquisitionNumber = 1
+    ds.AcquisitionDuration = 12.0
+    ds.AcquisitionContextSequence = []
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(first.Rows), int(first.Columns)
@@ -157,13 +160,67 @@ def true_enhanced(
             CTReconstructionSequence=[
                 _item(
                     ConvolutionKernel=first.ConvolutionKernel,
+                    ConvolutionKernelGroup="BRAIN",
                     ReconstructionDiameter=first.ReconstructionDiameter,
+                    ReconstructionPixelSpacing=first.PixelSpacing,
+                    ReconstructionAngle=360,
+                    ImageFilter="NONE",
                     ReconstructionAlgorithm="FILTER_BACK_PROJ",
                 )
             ],
+            CTAcquisitionTypeSequence=[
+                _item(AcquisitionType="SPIRAL", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")
+            ],
+            CTAcquisitionDetailsSequence=[
+                _item(
+                    DataCollectionDiameter=first.DataCollectionDiameter,
+                    GantryDetectorTilt=first.GantryDetectorTilt,
+                    TableHeight=first.TableHeight,
+                    RotationDirection=first.RotationDirection,
+                    RevolutionTime=1.0,
+                    SingleCollimationWidth=0.6,
+                    TotalCollimationWidth=38.4,
+                )
+            ],
+            CTTableDynamicsSequence=[
+                _item(TableSpeed=30.0, TableFeedPerRotation=30.0, SpiralPitchFactor=0.78)
+            ],
+            CTGeometrySequence=[
+                _item(DistanceSourceToDetector=1085.6, DistanceSourceToDataCollectionCenter=595.0)
+            ],
+            CTExposureSequence=[
+                _item(
+                    ExposureTimeInms=1000.0,
+                    XRayTubeCurrentInmA=300.0,
+                    ExposureInmAs=300.0,
+                    ExposureModulationType="NONE",
+                    CTDIvol=55.0,
+                    CTDIPhantomTypeCodeSequence=[
+                        _item(
+                            CodeValue="113691",
+                            CodingSchemeDesignator="DCM",
+                            CodeMeaning="IEC Head Dosimetry Phantom",
+                        )
+                    ],
+                )
+            ],
+            CTXRayDetailsSequence=[
+                _item(KVP=first.KVP, FocalSpots=[1.2], FilterType="HEAD", FilterMaterial="ALUMINUM")
+            ],
+            FrameAnatomySequence=[
+                _item(
+                    AnatomicRegionSequence=[
+                        _item(
+                            CodeValue="69536005", CodingSchemeDesignator="SCT", CodeMeaning="Head"
+                        )
+                    ],
+                    FrameLaterality="U",
+                )
+            ],
+            IrradiationEventIdentificationSequence=[_item(IrradiationEventUID=generate_uid())],
             CTImageFrameTypeSequence=[
                 _item(
-                    FrameType=["ORIGINAL", "PRIMARY", "AXIAL", "NONE"],
+                    FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"],
                     PixelPresentation="MONOCHROME",
                     VolumetricProperties="VOLUME",
                     VolumeBasedCalculationTechnique="NONE",
@@ -185,6 +242,9 @@ def true_enhanced(
             _item(
                 FrameContentSequence=[
                     _item(
+                        FrameAcquisitionDateTime=ds.AcquisitionDateTime,
+                        FrameReferenceDateTime=ds.AcquisitionDateTime,
+                        FrameAcquisitionDuration=1000.0,
                         FrameAcquisitionNumber=1,
                         StackID="1",
                         InStackPositionNumber=index + 1,
@@ -192,6 +252,17 @@ def true_enhanced(
                     )
                 ],
                 PlanePositionSequence=[_item(ImagePositionPatient=src.ImagePositionPatient)],
+                CTPositionSequence=[
+                    _item(
+                        TablePosition=float(src.ImagePositionPatient[2]),
+                        ReconstructionTargetCenterPatient=[
+                            0.0,
+                            0.0,
+                            float(src.ImagePositionPatient[2]),
+                        ],
+                        DataCollectionCenterPatient=[0.0, 0.0, float(src.ImagePositionPatient[2])],
+                    )
+                ],
                 PixelValueTransformationSequence=[
                     _item(
                         RescaleIntercept=f"{intercept:g}",

@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from enhanced_ct_support import legacy_enhanced, true_enhanced
+from peers import dciodvfy_errors
 from pydicom.uid import EnhancedCTImageStorage, JPEGLSLossless, RLELossless
 
 from models.dicom_io import CTSeries, read_series, scan_headers
@@ -51,6 +52,7 @@ def test_true_enhanced_ct_is_read_in_position_order_with_per_frame_rescale(
     ]
     assert len({str(t.RescaleSlope) for t in transforms}) == 2
     assert len({str(t.RescaleIntercept) for t in transforms}) == N_SLICES
+    assert dciodvfy_errors(path) == []  # an Enhanced CT as the standard defines it
     scan = scan_headers([path])
     assert len(scan.headers) == N_SLICES  # one header per frame
     assert {h.sop_class_uid for h in scan.headers} == {str(EnhancedCTImageStorage)}
@@ -131,7 +133,13 @@ def test_series_choice_reads_frame_type_and_contrast_usage(
         usage.ContrastBolusAgentAdministered = administered
         _shared(ds).ContrastBolusUsageSequence = [usage]
 
+    def flavor(ds: pydicom.Dataset, value: str) -> None:
+        _shared(ds).CTImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", value, "NONE"]
+
     scout = _edited(base, tmp_path / "scout.dcm", localizer)
+    arterial = _edited(base, tmp_path / "arterial.dcm", lambda ds: flavor(ds, "POST_CONTRAST"))
+    (reason,) = choose_series(scan_headers([arterial]).headers).skipped.values()
+    assert reason == "contrast-enhanced (ImageType/FrameType POST_CONTRAST)"
     post = _edited(base, tmp_path / "post.dcm", lambda ds: contrast(ds, "YES"))
     pre = _edited(base, tmp_path / "pre.dcm", lambda ds: contrast(ds, "NO"))
     assert choose_series(scan_headers([scout]).headers).reason == "no eligible axial CT series"
