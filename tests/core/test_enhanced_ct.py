@@ -175,3 +175,23 @@ def test_frames_that_cannot_be_placed_are_skipped_with_a_reason(
     assert reason == "slices without ImagePositionPatient/ImageOrientationPatient"
     with pytest.raises(SeriesError, match="lack position or orientation"):
         read_series(scan_headers([no_pos]).headers, workers=1)
+
+
+def test_a_series_mixing_frames_and_single_slices_fails_with_a_reason(
+    classic: WrittenStudy, tmp_path: Path
+) -> None:
+    """Not something a scanner writes; the read must say so rather than mix encodings."""
+    base, _ = true_enhanced(classic, tmp_path / "enh.dcm", seed=8)
+
+    def into_classic_series(ds: pydicom.Dataset) -> None:
+        ds.StudyInstanceUID = classic.study_uid
+        ds.SeriesInstanceUID = classic.main.series_uid
+        for frame in ds.PerFrameFunctionalGroupsSequence:  # between the classic slices
+            plane = frame.PlanePositionSequence[0]
+            x, y, z = (float(v) for v in plane.ImagePositionPatient)
+            plane.ImagePositionPatient = [x, y, z + 2.5]
+
+    mixed = _edited(base, tmp_path / "mixed.dcm", into_classic_series)
+    headers = scan_headers([*classic.main.files[:6], mixed]).headers
+    with pytest.raises(SeriesError, match="series mixes 12 frames of multi-frame instances"):
+        read_series(headers, workers=1)
