@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,12 @@ from models.decode import HU_MAX as HU_MAX  # re-exported: callers read them her
 from models.decode import HU_MIN as HU_MIN
 from models.decode import stored_to_hu as stored_to_hu
 from models.decode_pool import DecodePool, decode_series
+from models.enhanced_ct import (
+    FUNCTIONAL_GROUP_TAGS,
+    MULTIFRAME_CT_CLASSES,
+    decode_frames,
+    frame_infos,
+)
 from models.errors import SeriesError
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ HEADER_TAGS: tuple[str, ...] = (
     "ScanOptions",
     "NumberOfFrames",
     "SeriesNumber",
+    *FUNCTIONAL_GROUP_TAGS,  # Enhanced CT: per-frame position, orientation, contrast use
 )
 
 #: Positions closer than this along the slice normal are the same slice (mm).
@@ -99,6 +106,12 @@ class InstanceHeader:
     #: Attributes asked for by keyword (``scan_headers(extra_tags=...)``, e.g. what site
     #: rules match on), as text; multi-values joined with a backslash; absent ones missing.
     extra: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: For a frame of a multi-frame CT instance (:mod:`models.enhanced_ct`): its 1-based
+    #: frame number; the geometry fields above are then that frame's. None: one slice.
+    frame: int | None = None
+    #: Contrast/Bolus Usage functional group of the frame: agent administered or not;
+    #: None where the instance has no such group (single-frame CT never has).
+    contrast_administered: bool | None = None
 
     @classmethod
     def from_dataset(
@@ -219,12 +232,54 @@ def scan_headers(paths: Iterable[Path], extra_tags: Iterable[str] = ()) -> ScanR
     for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
-            result.headers.append(InstanceHeader.from_dataset(ds, path, extra))
+            header = InstanceHeader.from_dataset(ds, path, extra)
+            result.headers.extend(frame_headers(header, ds))
         except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
             result.unreadable.append(path)
     if result.unreadable:
         log.info("scan.unreadable", extra={"n": len(result.unreadable)})
     return result
+
+
+def frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader]:
+    """``[header]`` for a single-frame instance; one header per frame for Enhanced CT.
+
+    A frame's header carries the instance's identity and descriptions, and the frame's
+    own position, orientation, spacing, thickness, FrameType (as ImageType), kernel and
+    contrast use from the functional groups (and, for a Legacy Converted instance, the
+    kernel and contrast attributes its converter kept aside). A multi-frame CT whose
+    frames cannot be placed (no or a short Per-Frame Functional Groups Sequence) stays
+    one header: series choice then names why it is not read, rather than the instance
+    vanishing from the study.
+    """
+    if header.sop_class_uid not in MULTIFRAME_CT_CLASSES:
+        return [header]
+    try:
+        frames = frame_infos(ds)
+    except SeriesError as exc:
+        log.info("scan.frames_unplaced", extra={"frames": header.frames, "error": str(exc)})
+        return [header]
+    return [
+        replace(
+            header,
+            frame=f.number,
+            position=f.position,  # type: ignore[arg-type]  # three numbers (enhanced_ct)
+            orientation=f.orientation,
+            pixel_spacing=f.pixel_spacing or header.pixel_spacing,  # type: ignore[arg-type]
+            slice_thickness=(
+                f.slice_thickness if f.slice_thickness is not None else header.slice_thickness
+            ),
+            image_type=f.frame_type or header.image_type,
+            contrast_administered=f.contrast_administered,
+            kernel=header.kernel or f.kernel.replace("\\", " ").upper(),
+            contrast=header.contrast or f.converted.get("ContrastBolusAgent", ""),
+            contrast_route=header.contrast_route or f.converted.get("ContrastBolusRoute", ""),
+            contrast_volume=header.contrast_volume or f.converted.get("ContrastBolusVolume", ""),
+            contrast_dose=header.contrast_dose or f.converted.get("ContrastBolusTotalDose", ""),
+            scan_options=header.scan_options or f.converted.get("ScanOptions", ""),
+        )
+        for f in frames
+    ]
 
 
 def slice_normal(orientation: Sequence[float]) -> NDArray[np.float64]:
@@ -280,7 +335,8 @@ def order_slices(headers: Sequence[InstanceHeader]) -> OrderedSlices:
             raise SeriesError("slices of the series have different ImageOrientationPatient")
     normal = slice_normal(ref)
     pos = np.array([np.dot(normal, h.position) for h in with_pos])  # type: ignore[arg-type]
-    order = np.lexsort((np.array([h.sop_uid for h in with_pos]), pos))
+    frames = np.array([h.frame or 0 for h in with_pos])
+    order = np.lexsort((frames, np.array([h.sop_uid for h in with_pos]), pos))
     kept: list[int] = []
     for i in order:
         if kept and abs(pos[i] - pos[kept[-1]]) < DUPLICATE_TOLERANCE_MM:
@@ -304,6 +360,9 @@ class CTSeries:
     pixel_spacing: tuple[float, float] | None
     duplicates_dropped: int
     quirk_corrected: int
+    #: Per slice, its frame number in the multi-frame instance ``sop_uids`` names (the
+    #: same UID then repeats); None for a series of single-frame instances.
+    frame_numbers: list[int] | None = None
 
     @property
     def n_slices(self) -> int:
@@ -343,19 +402,51 @@ def read_series(
     rows, cols = sizes.pop()
     if rows == 0 or cols == 0:
         raise SeriesError("instances carry no Rows/Columns")
-    decoded = decode_series(
-        [h.path for h in ordered.headers], rows, cols, workers=workers, pool=pool
-    )
-    if decoded.quirk_corrected:
-        log.info("series.pixel_quirk_corrected", extra={"n": decoded.quirk_corrected})
+    multi = sum(1 for h in ordered.headers if h.frame is not None)
+    frame_numbers: list[int] | None = None
+    if multi:
+        if multi != len(ordered.headers):
+            raise SeriesError(
+                f"series mixes {multi} frames of multi-frame instances with "
+                f"{len(ordered.headers) - multi} single-frame instances"
+            )
+        hu, quirk_corrected = _read_frames(ordered.headers, rows, cols)
+        frame_numbers = [h.frame or 0 for h in ordered.headers]
+    else:
+        decoded = decode_series(
+            [h.path for h in ordered.headers], rows, cols, workers=workers, pool=pool
+        )
+        hu, quirk_corrected = decoded.hu, decoded.quirk_corrected
+    if quirk_corrected:
+        log.info("series.pixel_quirk_corrected", extra={"n": quirk_corrected})
     first = ordered.headers[0]
     return CTSeries(
         study_uid=first.study_uid,
         series_uid=first.series_uid,
         sop_uids=[h.sop_uid for h in ordered.headers],
-        hu=decoded.hu,
+        hu=hu,
         positions_mm=ordered.positions_mm,
         pixel_spacing=first.pixel_spacing,
         duplicates_dropped=ordered.duplicates_dropped,
-        quirk_corrected=decoded.quirk_corrected,
+        quirk_corrected=quirk_corrected,
+        frame_numbers=frame_numbers,
     )
+
+
+def _read_frames(
+    headers: Sequence[InstanceHeader], rows: int, cols: int
+) -> tuple[NDArray[np.float32], int]:
+    """The frames ``headers`` name, in their order, each instance read once."""
+    hu = np.empty((len(headers), rows, cols), dtype=np.float32)
+    slots: dict[Path, list[int]] = {}
+    for k, h in enumerate(headers):
+        slots.setdefault(h.path, []).append(k)
+    corrected = 0
+    for i, (path, ks) in enumerate(slots.items()):
+        try:
+            frames, fixed = decode_frames(path, [headers[k].frame or 0 for k in ks], rows, cols)
+        except SeriesError as exc:
+            raise SeriesError(f"multi-frame instance {i + 1} of {len(slots)}: {exc}") from exc
+        hu[ks] = frames
+        corrected += fixed
+    return hu, corrected

@@ -49,6 +49,13 @@ class SeriesPrediction:
     thresholds: tuple[float, ...]
     timings_s: dict[str, float] = field(default_factory=dict)
     slabs: SlabSummary | None = None
+    #: Per row, the frame number within the multi-frame instance ``sop_uids`` names
+    #: (Enhanced CT); None when every row is a single-frame instance.
+    frame_numbers: list[int] | None = None
+
+    def frame_of(self, row: int) -> int | None:
+        """The Referenced Frame Number of row ``row``'s image, None for a single frame."""
+        return None if self.frame_numbers is None else self.frame_numbers[row]
 
     @property
     def present(self) -> NDArray[np.bool_]:
@@ -161,6 +168,7 @@ class Predictor:
             study_probs=study,
             thresholds=tuple(self.meta.thresholds),
             slabs=slabs,
+            frame_numbers=None if series.frame_numbers is None else list(series.frame_numbers),
         )
 
     def __call__(self, series: CTSeries) -> SeriesPrediction:

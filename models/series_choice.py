@@ -6,9 +6,11 @@ was trained on non-contrast axial soft-tissue series of ~5 mm, so a series is ju
 on the strongest evidence first, because attributes are written by the scanner and
 descriptions by people (one site's "HEAD WITHOUT CONTRAST" is another's "CT HEAD WO"):
 
-1. **What the object is** (hard: nothing overrides it): CT Image Storage, modality CT,
-   single-frame. Secondary Capture dose reports and protocol pages, dose SRs and other
-   non-image objects are skipped, each with its own reason.
+1. **What the object is** (hard: nothing overrides it): CT Image Storage (single-frame),
+   or Enhanced CT / Legacy Converted Enhanced CT whose frames the Per-Frame Functional
+   Groups place (:mod:`models.enhanced_ct`: each frame is then judged as a slice, its
+   FrameType as its ImageType), modality CT. Secondary Capture dose reports and protocol
+   pages, dose SRs and other non-image objects are skipped, each with its own reason.
 2. **ImageType** (PS3.3 C.8.2.1.1.1): LOCALIZER, DERIVED\\SECONDARY (post-processed), or
    a projection/rendering value (MIP, MINIP, VR, 3D, ...) is skipped whatever the
    description says, and so is a reformat value (MPR, REFORMATTED, ...) without ORIGINAL.
@@ -18,7 +20,11 @@ descriptions by people (one site's "HEAD WITHOUT CONTRAST" is another's "CT HEAD
    after ORIGINAL\\PRIMARY ones. ScanOptions "SCOUT MODE" (GE) is a localizer too.
 3. **Contrast attributes**: ContrastBolusAgent, -Route, -Volume, -TotalDose with a value
    other than "NONE"/"NO"/"N/A"/"0"/..., or an item in ContrastBolusAgentSequence, mean
-   contrast; an explicit "none" value means none, and then text is not consulted.
+   contrast; an explicit "none" value means none, and then text is not consulted. In
+   Enhanced CT the Contrast/Bolus Usage functional group decides per frame
+   (ContrastBolusAgentAdministered YES: contrast; NO on every frame: none, whatever
+   agents the Enhanced Contrast/Bolus module lists); an image flavor (ImageType or
+   FrameType value 3) POST_CONTRAST means contrast, PRE_CONTRAST none.
 4. **Wording** (:mod:`models.series_wording`), only where 2 and 3 are silent: the image
    kind the SeriesDescription names (scout, dose report, MIP, 3D, MPR, COR, SAG, ...)
    unless ImageType is ORIGINAL and AXIAL; then contrast, read as words with negations
@@ -57,6 +63,8 @@ import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from models.dicom_io import InstanceHeader, slice_normal
+from models.enhanced_ct import ENHANCED_CT_STORAGE as ENHANCED_CT_STORAGE
+from models.enhanced_ct import MULTIFRAME_CT_CLASSES
 from models.errors import SeriesError
 from models.series_wording import Contrast, contrast_wording, image_wording
 
@@ -68,7 +76,6 @@ AXIAL_MIN_COS = 0.819
 MAX_HEAD_FOV_MM = 330.0
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # .7 and the multi-frame .7.1-.7.4
 _DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
@@ -282,7 +289,7 @@ def _spacing(headers: Sequence[InstanceHeader]) -> float | None:
 
 
 def _object_reason(first: InstanceHeader) -> str | None:
-    """Step 1: objects that are not single-frame CT images (nothing overrides this)."""
+    """Step 1: objects that are not CT images read as slices (nothing overrides this)."""
     sop = first.sop_class_uid
     if sop == _SECONDARY_CAPTURE or sop.startswith(_SECONDARY_CAPTURE + "."):
         return "Secondary Capture (dose report or screen page), not CT Image Storage"
@@ -292,8 +299,12 @@ def _object_reason(first: InstanceHeader) -> str | None:
         return "structured report, not CT Image Storage"
     if first.modality != "CT":
         return f"modality {first.modality or 'missing'}, not CT"
-    if sop == ENHANCED_CT_STORAGE or first.frames > 1:
-        return "multi-frame (Enhanced CT) images are not supported yet"
+    if sop in MULTIFRAME_CT_CLASSES:
+        if first.frame is None:
+            return "multi-frame CT whose frames carry no Per-Frame Functional Groups to place them"
+        return None
+    if first.frames > 1:
+        return "multi-frame instance of CT Image Storage (only Enhanced CT is read per frame)"
     if sop and sop != CT_IMAGE_STORAGE:
         return "not CT Image Storage"
     return None
@@ -340,6 +351,10 @@ def _contrast_attributes(h: InstanceHeader) -> tuple[str | None, bool]:
             explicit_none = True
         else:
             return f"{keyword} {value.strip()!r}", explicit_none
+    if h.contrast_administered is not None:  # Enhanced CT: the frame's usage decides
+        if h.contrast_administered:
+            return "ContrastBolusUsageSequence: agent administered", explicit_none
+        return None, True
     if h.contrast_agents:
         return "ContrastBolusAgentSequence", explicit_none
     return None, explicit_none
@@ -354,7 +369,9 @@ def _heuristic_reason(headers: Sequence[InstanceHeader]) -> str | None:
         return why
     if _LOCALIZER_SCAN_OPTIONS.search(first.scan_options.upper()):
         return f"localizer/scout (ScanOptions {first.scan_options!r})"
-    explicit_none = False
+    if "POST_CONTRAST" in image_type:  # Enhanced CT's image flavor (PS3.3 C.8.16.1.3)
+        return "contrast-enhanced (ImageType/FrameType POST_CONTRAST)"
+    explicit_none = "PRE_CONTRAST" in image_type
     for h in headers:
         evidence, none = _contrast_attributes(h)
         if evidence is not None:
@@ -458,7 +475,14 @@ def choose_series(
 
     judged: list[_Judged] = []
     for uid, items in by_series.items():
-        items.sort(key=lambda h: (h.instance_number is None, h.instance_number or 0, h.sop_uid))
+        items.sort(
+            key=lambda h: (
+                h.instance_number is None,
+                h.instance_number or 0,
+                h.sop_uid,
+                h.frame or 0,
+            )
+        )
         first = items[0]
         rule = _winning_rule(rules, first)
         judged.append(

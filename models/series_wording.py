@@ -97,6 +97,8 @@ CONTRAST_RULES: tuple[WordRule, ...] = (
              "neutral", "Canon's iterative reconstruction, not contrast enhancement"),
     WordRule("edge enhanced", r"EDGE ?-? ?ENHANC(?:ED|EMENT|ING)?", "neutral",
              "a reconstruction filter"),
+    WordRule("enhanced conversion", r"ENHANCED CONVERSION", "neutral",
+             "highdicom's suffix for a Legacy Converted Enhanced CT, an object format"),
     WordRule("post-processed", r"POST ?-? ?PROCESS(?:ED|ING)?", "neutral", "post-processing"),
     # -- negative: no contrast
     WordRule("without", rf"WITHOUT(?: {_IV}{_CON})?", "non-contrast", "WITHOUT (CONTRAST)"),

@@ -131,8 +131,9 @@ def plan_slabs(positions_mm: NDArray[np.float64], target_mm: float) -> SlabPlan 
 def average_slabs(series: CTSeries, plan: SlabPlan) -> CTSeries:
     """``series`` with each slab's slices averaged; slab centres as positions.
 
-    ``sop_uids`` become the slabs' middle source slices (:meth:`SlabPlan.representatives`),
-    so a slab index maps back to a source instance wherever results cite images.
+    ``sop_uids`` (and ``frame_numbers`` for Enhanced CT) become the slabs' middle source
+    slices (:meth:`SlabPlan.representatives`), so a slab index maps back to a source
+    instance (and frame) wherever results cite images.
     """
     if plan.n_slices != series.n_slices:
         raise ValueError(f"plan covers {plan.n_slices} slices, series has {series.n_slices}")
@@ -141,11 +142,14 @@ def average_slabs(series: CTSeries, plan: SlabPlan) -> CTSeries:
         np.mean(series.hu[group[0] : group[-1] + 1], axis=0, dtype=np.float32, out=hu[j])
     pos = series.positions_mm
     centres = np.array([(pos[g[0]] + pos[g[-1]]) / 2.0 for g in plan.groups], dtype=np.float64)
+    reps = plan.representatives()
+    frames = series.frame_numbers
     return replace(
         series,
-        sop_uids=[series.sop_uids[i] for i in plan.representatives()],
+        sop_uids=[series.sop_uids[i] for i in reps],
         hu=hu,
         positions_mm=centres,
+        frame_numbers=None if frames is None else [frames[i] for i in reps],
     )
 
 

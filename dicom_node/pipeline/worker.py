@@ -264,8 +264,9 @@ class InferenceWorker:
             self._finish(study, "skipped", choice.reason or "no eligible series")
             return None
         series = read_series(choice.headers, pool=self._decode_pool)
-        sources: list[Dataset] = [
-            pydicom.dcmread(h.path, stop_before_pixels=True) for h in choice.headers
+        sources: list[Dataset] = [  # one per instance: Enhanced CT frames share a file
+            pydicom.dcmread(path, stop_before_pixels=True)
+            for path in dict.fromkeys(h.path for h in choice.headers)
         ]
         seen, slabs = self.predictor.model_series(series)
         x = self.predictor.pre_process(seen)

@@ -233,10 +233,12 @@ def identity_header(source: Dataset) -> Dataset:
 
     Results inherit Patient and Study from it (so they file into the original study);
     attributes the sender left out are written empty, as PS3.3 allows for type 2.
+    Enhanced CT's functional groups (group 5200, one item per frame) are left out: they
+    describe the source's frames, not the result, and can be megabytes.
     """
     header = Dataset()
     for elem in source:
-        if elem.tag.group in (0x7FE0, 0xFFFA) or elem.tag.is_private:
+        if elem.tag.group in (0x5200, 0x7FE0, 0xFFFA) or elem.tag.is_private:
             continue
         header.add(deepcopy(elem))
     for kw in _TYPE2_IDENTITY:

@@ -296,6 +296,9 @@ def build_sc(
         item = Dataset()
         item.ReferencedSOPClassUID = by_uid[uid].SOPClassUID
         item.ReferencedSOPInstanceUID = uid
+        frame = prediction.frame_of(idx)
+        if frame is not None:  # a frame of an Enhanced CT instance
+            item.ReferencedFrameNumber = frame
         source_items.append(item)
     sc.SourceImageSequence = source_items
     if supersedes is not None:

@@ -7,7 +7,9 @@ canonical order), each with:
 * a qualitative evaluation: the finding concept = Present / Absent (CID 240), decided by
   the checkpoint's threshold,
 * the study probability as a TID 300 measurement, DCM 122157 "Probability", UCUM ``1``,
-  inferred from the key slices (image references) when the finding is present,
+  inferred from the key slices (image references) when the finding is present; a key
+  slice that is a frame of an Enhanced CT instance is cited with its Referenced Frame
+  Number,
 * TID 4019 algorithm identification (name, version, model UID among the parameters).
 
 The observer is the model as a device (TID 1004, Device Observer UID = model UID), the
@@ -83,6 +85,17 @@ from models.predict import SeriesPrediction
 KEY_SLICES_PER_FINDING = 5
 
 
+def source_image(
+    prediction: SeriesPrediction, row: int, sop_classes: dict[str, str]
+) -> SourceImageForMeasurement:
+    """The IMAGE reference of one row: its instance, and its frame for Enhanced CT."""
+    uid = prediction.sop_uids[row]
+    frame = prediction.frame_of(row)
+    return SourceImageForMeasurement(
+        sop_classes[uid], uid, referenced_frame_numbers=None if frame is None else [frame]
+    )
+
+
 def _group(
     label: str,
     prediction: SeriesPrediction,
@@ -99,10 +112,8 @@ def _group(
     refs: list[SourceImageForMeasurement] | None = None
     if present:
         refs = [
-            SourceImageForMeasurement(sop_classes[uid], uid)
-            for uid in (
-                prediction.sop_uids[k] for k in prediction.key_slices(label, KEY_SLICES_PER_FINDING)
-            )
+            source_image(prediction, k, sop_classes)
+            for k in prediction.key_slices(label, KEY_SLICES_PER_FINDING)
         ]
     measurement = Measurement(
         name=PROBABILITY,

@@ -35,6 +35,7 @@ CONTRAST_CASES: list[tuple[str, Contrast, str | None]] = [
     ("HEAD PRE-OP 5mm", U, "pre-operative"),
     ("HEAD 0.5 FC26 AIDR 3D Enhanced", U, "aidr 3d enhanced"),
     ("Brain Edge Enhanced", U, "edge enhanced"),
+    ("HEAD 5mm H30s (enhanced conversion)", U, "enhanced conversion"),
     ("POST PROCESSED AXIAL", U, "post-processed"),
     # negative: no contrast (the failure modes of the substring rule first)
     ("HEAD WITHOUT CONTRAST", N, "without"),
