@@ -52,7 +52,7 @@ def _check_host_pattern(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", value) or "/" in value:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", value):
             raise ValueError(
                 f"{value!r} is not an IP address, a CIDR network or a host name"
             ) from None

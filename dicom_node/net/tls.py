@@ -2,9 +2,9 @@
 
 Why a module of its own: both receive engines and the export SCU need the same rules,
 and one place to read them. TLS 1.2 or later (PS3.15 B.9, the BCP 195 profile); the
-ciphers are OpenSSL's defaults for that floor (forward-secret AEAD suites first, no
-compression), which is what dcmtk's default "BCP 195 non-downgrading" profile offers
-too, so both ends agree without a cipher list to maintain.
+ciphers are CPython's defaults (forward-secret only, ECDHE/DHE with AES-GCM, ChaCha20 or
+AES, no SHA-1, no compression), which dcmtk's default "BCP 195 non-downgrading"
+profile negotiates with, so both ends agree without a cipher list to maintain.
 
 A context is built once at start-up; every file error (missing, unreadable, not PEM,
 key not matching its certificate) becomes a :class:`~dicom_node.errors.ConfigError`

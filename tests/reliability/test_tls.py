@@ -59,7 +59,9 @@ def _tls(pki: Pki, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _echo(port: int, *, aet: str = "MODALITY", aec: str = NODE_AET) -> subprocess.CompletedProcess[str]:
+def _echo(
+    port: int, *, aet: str = "MODALITY", aec: str = NODE_AET
+) -> subprocess.CompletedProcess[str]:
     """Plain dcmtk echoscu (no TLS)."""
     return subprocess.run(
         [ECHOSCU, "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
@@ -117,12 +119,23 @@ def test_client_refuses_a_node_whose_certificate_it_cannot_verify(
     assert echoscu_tls(node.service.tls_port, pki.wrong_ca, pki.client).returncode != 0
 
 
+def test_min_version_refuses_an_older_protocol(pki: Pki, start_node: Callable[..., Node]) -> None:
+    node = start_node(node={"tls": _tls(pki, min_version="1.3")})
+    port = node.service.tls_port
+    # dcmtk's extended BCP 195 profile (+pz) speaks TLS 1.2 only; its default, 1.2 and 1.3.
+    old = echoscu_tls(port, pki.ca, pki.client, extra=("+pz",))
+    assert old.returncode != 0
+    assert echoscu_tls(port, pki.ca, pki.client).returncode == 0
+    _logged(node, "tls.handshake_failed")
+
+
 @ENGINES
 def test_tls_only_node_opens_no_plain_port_and_plain_dicom_on_the_tls_port_fails(
     engine: str, pki: Pki, start_node: Callable[..., Node]
 ) -> None:
     node = start_node(node={"engine": engine, "tls": _tls(pki, disable_plain=True)})
-    assert node.service.acceptor is None and node.service.server is None
+    assert node.service.acceptor is None
+    assert node.service.server is None
     port = node.service.tls_port
     assert node.port == port  # what `serve` prints: the only port
     assert _echo(port).returncode != 0  # plain DICOM is not TLS
@@ -260,13 +273,14 @@ class TlsStorescp:
             env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         echo = [ECHOSCU, "-aec", aet, *tls_args(pki.ca, pki.client), "127.0.0.1", str(self.port)]
-        wait_for(
-            lambda: self.proc.poll() is None
-            and subprocess.run(echo, env=PEER_ENV, capture_output=True, timeout=30).returncode
-            == 0,
-            30,
-            "storescp +tls to answer",
-        )
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"storescp exited with {self.proc.returncode}")
+            probe = subprocess.run(echo, env=PEER_ENV, capture_output=True, timeout=30)
+            return probe.returncode == 0
+
+        wait_for(answers, 30, "storescp +tls to answer")
 
     def files(self) -> list[Path]:
         return sorted(self.out.glob("*"))
@@ -344,6 +358,7 @@ def test_export_to_a_pacs_with_an_untrusted_certificate_is_a_transient_failure(
         send(dest, study.main.files)
     assert tls_pacs.files() == []
     # The same destination trusting the right CA delivers.
+    assert dest.tls is not None
     good = dest.model_copy(update={"tls": dest.tls.model_copy(update={"ca_file": pki.ca})})
     assert len(send(good, study.main.files).sent) == 1
     assert len(tls_pacs.files()) == 1

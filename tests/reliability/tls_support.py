@@ -87,12 +87,18 @@ def _ca(out: Path, stem: str, cn: str) -> tuple[x509.Certificate, rsa.RSAPrivate
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .sign(key, hashes.SHA256())
     )
@@ -150,13 +156,15 @@ def tls_args(ca: Path, pair: Pair | None) -> list[str]:
 
 
 def echoscu_tls(
-    port: int, ca: Path, pair: Pair | None, *, aet: str = "MODALITY", aec: str = NODE_AET
-) -> subprocess.CompletedProcess[str]:
-    """dcmtk echoscu over TLS to the node (TCP_NODELAY=1)."""
+    port: int, ca: Path, pair: Pair | None, *, aet: str = "MODALITY", aec: str = NODE_AET,
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """dcmtk echoscu over TLS to the node (TCP_NODELAY=1); ``extra``: more options."""
     return run_tool(
-        [ECHOSCU, "-v", "-aet", aet, "-aec", aec, *tls_args(ca, pair), "127.0.0.1", str(port)],
+        [ECHOSCU, "-v", "-aet", aet, "-aec", aec, *tls_args(ca, pair), *extra, "127.0.0.1",
+         str(port)],
         timeout=60,
-    )
+    )  # fmt: skip
 
 
 def storescu_tls(
