@@ -18,6 +18,11 @@ What each receiver promises before answering Success:
 
 Peak RSS of our node (``VmHWM`` of the serve process) is read after the runs.
 
+``--ab-tls`` adds the node on its DICOM TLS port only (mutual TLS: a client certificate
+is required) and dcmtk storescp with ``+tls`` (likewise), the sender being
+``storescu +tls``; certificates are made for the run (``tests/reliability/tls_support``).
+It prints each TLS receiver's ratio to its plain self in the same run.
+
 ``--ab-scrape`` adds the node with ``/metrics`` scraped every second while it receives
 (a Prometheus at a 1 s interval, far more often than the usual 15-60 s) and the node
 with its web server off, and prints the ratio of each to the plain node (web server on,
@@ -26,7 +31,7 @@ not scraped).
 Usage::
 
     .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--only node ...]
-        [--ab-repo ../old-checkout] [--ab-journal] [--ab-scrape]
+        [--ab-repo ../old-checkout] [--ab-journal] [--ab-scrape] [--ab-tls]
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the test PKI maker, for --ab-tls
+
+from reliability.tls_support import Pki, make_pki, tls_args  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
@@ -93,13 +101,26 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
-def send(port: int, aec: str, files: list[Path], parallel: int) -> float:
-    """Wall seconds for ``parallel`` storescu processes to send ``files`` between them."""
+def send(
+    port: int, aec: str, files: list[Path], parallel: int, extra: tuple[str, ...] = ()
+) -> float:
+    """Wall seconds for ``parallel`` storescu processes to send ``files`` between them
+    (``extra``: more storescu options, e.g. its TLS ones)."""
     chunks = [files[i::parallel] for i in range(parallel)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [STORESCU, "-aet", "BENCH", "-aec", aec, "127.0.0.1", str(port), *map(str, c)],
+            [
+                STORESCU,
+                "-aet",
+                "BENCH",
+                "-aec",
+                aec,
+                *extra,
+                "127.0.0.1",
+                str(port),
+                *map(str, c),
+            ],
             env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -117,6 +138,8 @@ def send(port: int, aec: str, files: list[Path], parallel: int) -> float:
 class Receiver:
     name = ""
     aec = ""
+    #: storescu options this receiver needs (TLS: key, certificate, CA).
+    sender_args: tuple[str, ...] = ()
 
     def start(self, work: Path) -> int:
         raise NotImplementedError
@@ -133,7 +156,7 @@ class OurNode(Receiver):
 
     def __init__(
         self, worker: bool = False, *, repo: Path = REPO, storage: str = "", node: str = "",
-        name: str = "", web: bool = True, scrape_s: float = 0.0,
+        name: str = "", web: bool = True, scrape_s: float = 0.0, tls: Pki | None = None,
     ) -> None:  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.peak_rss_kb: list[int] = []
@@ -147,6 +170,9 @@ class OurNode(Receiver):
         self.scrapes: list[int] = []  # scrapes per run
         self._scraper: threading.Thread | None = None
         self._stop_scraping = threading.Event()
+        self.tls = tls  # DICOM TLS only, client certificate required
+        if tls is not None:
+            self.sender_args = tuple(tls_args(tls.ca, tls.client))
         if name:
             self.name = name
 
@@ -154,11 +180,19 @@ class OurNode(Receiver):
         self.work = work
         port, web_port = free_port(), free_port()
         cfg = work / "config.yaml"
+        node = self.node
+        if self.tls is not None:
+            t = self.tls
+            node = (
+                f"tls: {{enabled: true, port: {port}, disable_plain: true,"
+                f" cert_file: '{t.server.cert}', key_file: '{t.server.key}',"
+                f" ca_file: '{t.ca}', require_client_cert: true}}" + (", " + node if node else "")
+            )
         cfg.write_text(
             f"web: {{enabled: {'true' if self.web else 'false'}, host: 127.0.0.1,"
             f" port: {web_port}}}\n"
             f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16"
-            f"{', ' + self.node if self.node else ''}}}\n"
+            f"{', ' + node if node else ''}}}\n"
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
             f" min_free_disk_mb: 100{', ' + self.storage if self.storage else ''}}}\n"
             + "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
@@ -238,8 +272,18 @@ class FolderReceiver(Receiver):
 class StoreSCP(FolderReceiver):
     name, aec = "dcmtk storescp", "STORESCP"
 
+    def __init__(self, tls: Pki | None = None, name: str = "") -> None:
+        super().__init__()
+        self.tls = tls  # +tls with a client certificate required (-rc), like the node's
+        if tls is not None:
+            self.sender_args = tuple(tls_args(tls.ca, tls.client))
+        if name:
+            self.name = name
+
     def command(self, port: int, out: Path) -> list[str]:
-        return [STORESCP, "-aet", "STORESCP", "-od", str(out), str(port)]
+        t = self.tls
+        opts = ["+tls", str(t.server.key), str(t.server.cert), "+cf", str(t.ca), "-rc"] if t else []
+        return [STORESCP, "-aet", "STORESCP", "-od", str(out), *opts, str(port)]
 
 
 class OrthancPeer(Receiver):
@@ -314,7 +358,7 @@ def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, 
                 with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-ingest-") as d:
                     port = rx.start(Path(d))
                     try:
-                        dt = send(port, rx.aec, files, parallel)
+                        dt = send(port, rx.aec, files, parallel, rx.sender_args)
                         got = rx.count()
                     finally:
                         rx.stop()
@@ -396,6 +440,10 @@ def main() -> None:
         help="also run the node on pynetdicom's server (node.engine: pynetdicom)",
     )  # fmt: skip
     ap.add_argument(
+        "--ab-tls", action="store_true",
+        help="also run the node and storescp over DICOM TLS (mutual, storescu +tls)",
+    )  # fmt: skip
+    ap.add_argument(
         "--ab-scrape", action="store_true",
         help="also run the node scraped every second (/metrics) and with its web server off",
     )  # fmt: skip
@@ -415,6 +463,16 @@ def main() -> None:
         extra.append(OurNode(storage="journal_segment_mb: 64", name="node, journal on"))
     if args.ab_engine:
         extra.append(OurNode(node="engine: pynetdicom", name="node, pynetdicom engine"))
+    tls_pairs: list[tuple[Receiver, str]] = []  # (TLS receiver, name of its plain self)
+    if args.ab_tls:
+        pki = make_pki(REPO / "var" / "bench" / "tls-pki")
+        tls_node = OurNode(tls=pki, name="node, DICOM TLS")
+        extra.append(tls_node)
+        tls_pairs.append((tls_node, OurNode.name))
+        if any(isinstance(r, StoreSCP) for r in receivers):
+            tls_scp = StoreSCP(tls=pki, name="dcmtk storescp, TLS")
+            extra.append(tls_scp)
+            tls_pairs.append((tls_scp, StoreSCP.name))
     scraped = OurNode(scrape_s=1.0, name="node, /metrics scraped every 1 s")
     if args.ab_scrape:
         extra += [scraped, OurNode(web=False, name="node, web server off")]
@@ -432,6 +490,18 @@ def main() -> None:
             if key.split("|")[0] in {x.name for x in extra} | {OurNode.name}:
                 runs = [round(x) for x in r]
                 print(f"- {key}: median {statistics.median(r):.0f} images/s {runs}")
+    for rx, plain in tls_pairs:
+        if f"{plain}|1" not in rates:
+            continue
+        for p in (1, 4):
+            pairs = [
+                round(a / b, 3)
+                for a, b in zip(rates[f"{rx.name}|{p}"], rates[f"{plain}|{p}"], strict=True)
+            ]
+            ratio = statistics.median(rates[f"{rx.name}|{p}"]) / statistics.median(
+                rates[f"{plain}|{p}"]
+            )
+            print(f"- x{p}: {rx.name} / {plain} = {ratio:.3f} (run by run {pairs})")
     if args.ab_scrape:
         print(f"- scrapes per run while receiving: {scraped.scrapes}")
         for p in (1, 4):

@@ -139,6 +139,10 @@ def serve(config: ConfigOpt = None) -> None:
         service.stop(grace_s=0)
         raise typer.Exit(1) from exc
     web = f"; http on {settings.web.host}:{service.web_port}" if service.web else ""
+    if settings.node.tls.enabled and settings.node.plain_enabled:
+        web = f"; dicom-tls on {settings.node.host}:{service.tls_port}{web}"
+    elif settings.node.tls.enabled:
+        web = f" (dicom-tls only){web}"
     sys.stdout.write(
         f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}{web}\n"
     )

@@ -8,6 +8,8 @@ folder of the config file, so a node can be started from any working directory.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -16,6 +18,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -43,13 +46,100 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_host_pattern(value: str) -> str:
+    """An IP address, a CIDR network (``10.1.0.0/16``) or a host name."""
+    value = value.strip()
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$", value):
+            raise ValueError(
+                f"{value!r} is not an IP address, a CIDR network or a host name"
+            ) from None
+    return value
+
+
+class AllowedCaller(_Section):
+    """One entry of ``node.allowed_calling_aets``: an AE title, and optionally where it
+    must come from (IP addresses, CIDR networks or host names; empty = anywhere).
+
+    A plain string in the list (``- CT1``) is the same as ``{ae_title: CT1}``."""
+
+    ae_title: str
+    hosts: list[str] = Field(default_factory=list)
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [_check_host_pattern(v) for v in value]
+
+
+def _as_caller(value: Any) -> Any:
+    return {"ae_title": value} if isinstance(value, str) else value
+
+
+class TlsSection(_Section):
+    """DICOM TLS on the receive path (PS3.15 Annex B, TLS 1.2 or later): a second port
+    beside the plain one (or instead of it, ``disable_plain``).
+
+    ``ca_file`` holds the CA certificate(s) client certificates are verified against:
+    with ``require_client_cert`` a peer without a certificate from that CA is refused;
+    without it, a certificate is verified when the peer presents one. Files are PEM; the
+    key is not encrypted (keep it 0600, readable by the node's user only)."""
+
+    enabled: bool = False
+    port: int = Field(2762, ge=0, le=65535)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+    #: Oldest protocol accepted; PS3.15 B.9 (BCP 195) asks for 1.2 or later.
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    #: true: only the TLS port listens (``node.port`` is not opened).
+    disable_plain: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsSection:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("cert_file and key_file are required when enabled is true")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file (the CA of the clients)")
+        if self.disable_plain and not self.enabled:
+            raise ValueError("disable_plain needs enabled: true (no port would listen)")
+        return self
+
+
+class DestinationTls(_Section):
+    """TLS towards one PACS (PS3.15 Annex B): the CA that signed the PACS's certificate
+    (none = the system's trust store) and, if the PACS asks for one, our certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Check that the certificate names ``host`` (its SAN). Off only for a PACS whose
+    #: certificate lacks the address it is reached by; the CA is still verified.
+    verify_hostname: bool = True
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _pair(self) -> DestinationTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class NodeSection(_Section):
     """The AE we present to PACS and how associations are accepted."""
 
     ae_title: str = "ICHNODE"
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for the hospital's PACS
     port: int = Field(11112, ge=0, le=65535)
-    allowed_calling_aets: list[str] = Field(default_factory=list)
+    #: Empty = any calling AE. Entries: ``CT1`` or ``{ae_title: CT1, hosts: [10.1.2.3]}``.
+    allowed_calling_aets: list[Annotated[AllowedCaller, BeforeValidator(_as_caller)]] = Field(
+        default_factory=list
+    )
     require_called_aet: bool = True
     max_associations: int = Field(16, ge=1, le=1024)
     acse_timeout_s: float = Field(30.0, gt=0)
@@ -63,13 +153,19 @@ class NodeSection(_Section):
     #: arrives); a larger one is read, dropped and answered 0xA700, so a broken or
     #: hostile sender cannot exhaust memory. Enhanced CT of a whole head is ~0.3-1 GB.
     max_instance_mb: int = Field(2048, ge=1)
+    tls: TlsSection = Field(default_factory=TlsSection)
 
     _ae = field_validator("ae_title")(_check_ae)
 
-    @field_validator("allowed_calling_aets")
-    @classmethod
-    def _aets(cls, value: list[str]) -> list[str]:
-        return [_check_ae(v) for v in value]
+    @property
+    def calling_titles(self) -> tuple[str, ...]:
+        """The allowed calling AE titles, without their hosts (empty = any)."""
+        return tuple(dict.fromkeys(c.ae_title for c in self.allowed_calling_aets))
+
+    @property
+    def plain_enabled(self) -> bool:
+        """Whether the plain (non-TLS) port listens."""
+        return not self.tls.disable_plain
 
 
 class StorageSection(_Section):
@@ -144,6 +240,8 @@ class Destination(_Retried):
     host: str
     port: int = Field(ge=1, le=65535)
     send: tuple[Literal["sr", "sc"], ...] = ("sr", "sc")
+    #: Absent = plain TCP; present (even ``tls: {}``) = DICOM TLS to this PACS.
+    tls: DestinationTls | None = None
 
     _ae = field_validator("ae_title")(_check_ae)
     _name = field_validator("name")(_check_destination_name)
@@ -449,6 +547,32 @@ class Settings(BaseSettings):
         """A configured path, made absolute against the config file's folder."""
         return path if path.is_absolute() else (self.base_dir / path).resolve()
 
+    def tls_files(self) -> list[tuple[str, Path]]:
+        """Each configured TLS file as (its key, e.g. ``node.tls.cert_file``, resolved path)."""
+        files: list[tuple[str, Path | None]] = []
+        if self.node.tls.enabled:
+            t = self.node.tls
+            files += [("node.tls.cert_file", t.cert_file), ("node.tls.key_file", t.key_file),
+                      ("node.tls.ca_file", t.ca_file)]  # fmt: skip
+        for i, dest in enumerate(self.destinations):
+            if isinstance(dest, Destination) and dest.tls is not None:
+                d, key = dest.tls, f"destinations[{i}].tls"
+                files += [(f"{key}.ca_file", d.ca_file), (f"{key}.cert_file", d.cert_file),
+                          (f"{key}.key_file", d.key_file)]  # fmt: skip
+        return [(key, self.resolve(p)) for key, p in files if p is not None]
+
+    def check_files(self) -> None:
+        """Raise :class:`ConfigError` naming the key of each TLS file that is missing or
+        unreadable: a node must not start and fail at its first TLS association."""
+        problems = []
+        for key, path in self.tls_files():
+            if not path.is_file():
+                problems.append(f"{key}: {path} does not exist or is not a file")
+            elif not os.access(path, os.R_OK):
+                problems.append(f"{key}: {path} is not readable by this user")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
 
 def _format_errors(exc: ValidationError) -> str:
     """``key: message`` per error; list items as ``[i]`` (``destinations[0].port``)."""
@@ -490,6 +614,8 @@ def load_settings(path: Path | None = None) -> Settings:
         data = loaded or {}
         base = Path(path).resolve().parent
     try:
-        return Settings(**data, base_dir=base)
+        settings = Settings(**data, base_dir=base)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: {_format_errors(exc)}") from exc
+    settings.check_files()
+    return settings

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Final
 from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
 
-from dicom_node.config import Settings
+from dicom_node.config import Destination, Settings
 from dicom_node.logs import quiet_pynetdicom
 from dicom_node.metrics import NodeMetrics, NodeState
+from dicom_node.net import tls
 from dicom_node.net.acceptor import Acceptor
+from dicom_node.net.callers import CallerPolicy, RequestedCheck
 from dicom_node.net.handlers import (
     AssociationLog,
     BusyAssociations,
@@ -104,6 +106,8 @@ class Service:
         self.ae: AE | None = None
         self.server: NodelayAssociationServer | None = None  # engine "pynetdicom"
         self.acceptor: Acceptor | None = None  # engine "native"
+        self.tls_server: NodelayAssociationServer | None = None  # pynetdicom, DICOM TLS
+        self.tls_acceptor: Acceptor | None = None  # native, DICOM TLS
         self.web: WebServer | None = None
         #: This node's metrics (its own registry: nodes in one process do not clash).
         self.metrics = NodeMetrics(STATES)
@@ -112,10 +116,20 @@ class Service:
 
     @property
     def port(self) -> int:
+        """The plain DICOM port; the TLS port when only that one listens."""
         if self.acceptor is not None:
             return self.acceptor.port
-        assert self.server is not None, "not started"
-        return int(self.server.server_address[1])
+        if self.server is not None:
+            return int(self.server.server_address[1])
+        return self.tls_port
+
+    @property
+    def tls_port(self) -> int:
+        """The bound DICOM TLS port (``node.tls.port: 0`` picks a free one)."""
+        if self.tls_acceptor is not None:
+            return self.tls_acceptor.port
+        assert self.tls_server is not None, "DICOM TLS not started (node.tls.enabled false?)"
+        return int(self.tls_server.server_address[1])
 
     @property
     def web_port(self) -> int:
@@ -126,6 +140,14 @@ class Service:
     def start(self) -> None:
         s = self.settings
         quiet_pynetdicom()
+        # TLS files first: a bad certificate stops start-up before anything is opened.
+        s.check_files()
+        server_tls = tls.server_context(s.node.tls, s.resolve) if s.node.tls.enabled else None
+        client_tls = {
+            d.name: tls.client_context(d.tls, s.resolve, f"destinations[{i}].tls")
+            for i, d in enumerate(s.destinations)
+            if isinstance(d, Destination) and d.tls is not None
+        }
         self.index = Index(s.resolve(s.storage.index_db))
         self.spool = spool = Spool(
             s.resolve(s.storage.spool_dir),
@@ -150,6 +172,7 @@ class Service:
         if s.inference.enabled:
             scu = DeliverySettings(
                 calling_ae_title=s.node.ae_title,
+                tls=client_tls,
                 timeouts=ScuTimeouts(
                     acse_s=s.node.acse_timeout_s,
                     dimse_s=s.node.dimse_timeout_s,
@@ -196,10 +219,25 @@ class Service:
             self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics
         )
         if s.node.engine == "native":
-            self.acceptor = Acceptor(s.node, store.store, self.ae.supported_contexts, self.metrics)
-            self.acceptor.start()
+            contexts = self.ae.supported_contexts
+            if s.node.plain_enabled:
+                self.acceptor = Acceptor(s.node, store.store, contexts, self.metrics)
+            if server_tls is not None:
+                self.tls_acceptor = Acceptor(
+                    s.node, store.store, contexts, self.metrics, ssl_context=server_tls
+                )
+            acceptors = [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
+            for a in acceptors:
+                a.siblings = [b for b in acceptors if b is not a]
+                a.start()
         else:
-            self.server = start_server(self.ae, s.node.host, s.node.port, self._handlers(store))
+            if s.node.plain_enabled:
+                self.server = start_server(self.ae, s.node.host, s.node.port, self._handlers(store))
+            if server_tls is not None:
+                self.tls_server = start_server(
+                    self.ae, s.node.host, s.node.tls.port, self._handlers(store),
+                    ssl_context=server_tls, metrics=self.metrics,
+                )  # fmt: skip
         if s.web.enabled:
             self.web = self._start_web()
         # Everything loaded at start-up (torch, pydicom's dictionaries, FastAPI's models:
@@ -214,11 +252,12 @@ class Service:
         return [
             (evt.EVT_C_STORE, store),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_REQUESTED, RequestedCheck(CallerPolicy.of(s.node), self.metrics)),
             (
                 evt.EVT_REJECTED,
                 RejectLogger(
                     s.node.ae_title,
-                    tuple(s.node.allowed_calling_aets),
+                    s.node.calling_titles,
                     s.node.require_called_aet,
                     self.metrics,
                 ),
@@ -299,9 +338,10 @@ class Service:
     def _listening(self) -> bool:
         if self._stopped.is_set():
             return False
-        if self.acceptor is not None:
-            return self.acceptor.listening
-        return self.server is not None
+        acceptors = [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
+        if acceptors:
+            return all(a.listening for a in acceptors)
+        return self.server is not None or self.tls_server is not None
 
     def _observe_completion(self, study: StudyRow) -> None:
         self.metrics.study_completed(study.last_received, study.completed_at)
@@ -373,17 +413,24 @@ class Service:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self.acceptor is not None:
-            self.acceptor.stop(grace_s)
-        if self.server is not None:
-            self.server.shutdown()  # no new associations
-            deadline = time.monotonic() + grace_s
-            while self.server.active_associations and time.monotonic() < deadline:
-                for assoc in self.server.active_associations:
-                    if not self._busy.is_busy(assoc):
-                        assoc.abort()  # idle (a PACS keeping it for reuse): nothing to finish
-                time.sleep(0.05)
-            for assoc in self.server.active_associations:
+        acceptors = [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
+        for acceptor in acceptors:
+            acceptor.shutdown()  # neither port takes new associations
+        for acceptor in acceptors:
+            acceptor.stop(grace_s)
+        servers = [x for x in (self.server, self.tls_server) if x is not None]
+        for server in servers:
+            server.shutdown()  # no new associations
+        deadline = time.monotonic() + grace_s
+        while (active := [a for x in servers for a in x.active_associations]) and (
+            time.monotonic() < deadline
+        ):
+            for assoc in active:
+                if not self._busy.is_busy(assoc):
+                    assoc.abort()  # idle (a PACS keeping it for reuse): nothing to finish
+            time.sleep(0.05)
+        for server in servers:
+            for assoc in server.active_associations:
                 assoc.abort()  # past the grace period: the sender retries what we did not ack
         if self.web is not None:
             self.web.stop()  # before the index closes: no scrape reads a closed index

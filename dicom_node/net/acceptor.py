@@ -33,6 +33,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -51,6 +52,8 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicom_node.config import NodeSection
 from dicom_node.metrics import NodeMetrics
+from dicom_node.net import tls
+from dicom_node.net.callers import REJECTIONS, CallerPolicy, peer_host
 from dicom_node.net.dimse import (
     A_ABORT,
     A_ASSOCIATE_RQ,
@@ -186,7 +189,16 @@ class Association:
         # Never wait here: this may be a stop's thread, and a peer that reads nothing
         # would hold it for network_timeout_s. The A-ABORT goes out only if no response
         # is being sent (it would land inside it) and the send buffer takes it now.
-        if (self.established or source == 2) and self._send_lock.acquire(blocking=False):
+        # Nor from another thread on a TLS socket: OpenSSL's connection object must not
+        # be written while the association's thread reads it; shutdown alone ends it.
+        foreign_tls = isinstance(self.sock, ssl.SSLSocket) and (
+            threading.current_thread() is not self.thread
+        )
+        if (
+            (self.established or source == 2)
+            and not foreign_tls
+            and self._send_lock.acquire(blocking=False)
+        ):
             try:
                 with contextlib.suppress(OSError, ValueError):
                     if _writable(self.sock):
@@ -251,6 +263,13 @@ class Association:
 
     def _serve(self) -> str:
         node = self.server.node
+        if isinstance(self.sock, ssl.SSLSocket):
+            # Here, not in the accept loop: a slow or bogus TLS client holds only this
+            # thread, and only until the deadline (the A-ASSOCIATE-RQ's own, acse_timeout_s).
+            failed = tls.handshake(self.sock, node.acse_timeout_s, self.peer)
+            if failed is not None:
+                self.server.metrics.association_refused("tls-handshake")
+                return "tls-refused"
         self.sock.settimeout(node.acse_timeout_s)
         negotiated = self._associate()
         if negotiated is None:
@@ -277,12 +296,14 @@ class Association:
         called = str(rq.called_ae_title).strip()
         self.calling_aet = calling
         reject: tuple[int, int, int, str] | None = None
-        if str(rq.application_context_name) != APPLICATION_CONTEXT:
+        refusal = self.server.callers.refusal(calling, called, peer_host(self.peer))
+        if (
+            str(rq.application_context_name) != APPLICATION_CONTEXT
+            and refusal != "called-ae-not-recognised"
+        ):
             reject = (1, 1, 2, "application-context-not-supported")
-        elif node.allowed_calling_aets and calling not in node.allowed_calling_aets:
-            reject = (1, 1, 3, "calling-ae-not-recognised")
-        if node.require_called_aet and called != node.ae_title:
-            reject = (1, 1, 7, "called-ae-not-recognised")
+        elif refusal is not None:
+            reject = (*REJECTIONS[refusal], refusal)
         if reject is None and self.server._count() > node.max_associations:
             reject = (2, 3, 2, "local-limit-exceeded")
         if reject is not None:
@@ -479,13 +500,26 @@ class Association:
 
 
 class Acceptor:
-    """Listens on ``node.host:node.port`` and serves each association in its own thread."""
+    """Listens on ``node.host:node.port`` and serves each association in its own thread.
+
+    With ``ssl_context`` it is the DICOM TLS port instead (``port``, by default
+    ``node.tls.port``): accepted sockets are wrapped, and each association's thread
+    runs the handshake first. ``siblings`` are the node's other acceptors: the
+    association limit counts theirs too (one node, one limit).
+    """
 
     def __init__(
         self, node: NodeSection, on_store: StoreFunction,
         contexts: Sequence[PresentationContext], metrics: NodeMetrics | None = None,
+        *, ssl_context: ssl.SSLContext | None = None, port: int | None = None,
     ) -> None:  # fmt: skip
         self.node = node
+        self.ssl_context = ssl_context
+        self.bind_port = port if port is not None else (
+            node.tls.port if ssl_context is not None else node.port
+        )  # fmt: skip
+        self.callers = CallerPolicy.of(node)
+        self.siblings: list[Acceptor] = []
         #: Counts associations (accepted, open, refused); a private set when none is given.
         self.metrics = metrics if metrics is not None else NodeMetrics()
         self.on_store = on_store
@@ -521,7 +555,7 @@ class Acceptor:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind((self.node.host, self.node.port))
+            listener.bind((self.node.host, self.bind_port))
             listener.listen(max(16, self.node.max_associations * 2))
         except OSError:
             listener.close()
@@ -536,7 +570,7 @@ class Acceptor:
         log.info(
             "scp.listening",
             extra={"ae_title": self.node.ae_title, "host": self.node.host, "port": self.port,
-                   "engine": "native"},
+                   "engine": "native", "tls": self.ssl_context is not None},
         )  # fmt: skip
 
     def _accept_loop(self) -> None:
@@ -565,6 +599,8 @@ class Acceptor:
             try:
                 sock.settimeout(None)
                 set_nodelay(sock)
+                if self.ssl_context is not None:
+                    sock = tls.wrap_accepted(self.ssl_context, sock)
             except OSError:
                 sock.close()
                 continue
@@ -581,6 +617,11 @@ class Acceptor:
         listener.close()
 
     def _count(self) -> int:
+        with self._lock:
+            mine = len(self._active)
+        return mine + sum(s._own_count() for s in self.siblings)
+
+    def _own_count(self) -> int:
         with self._lock:
             return len(self._active)
 

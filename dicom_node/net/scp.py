@@ -57,6 +57,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import NodeSection
+from dicom_node.metrics import NodeMetrics
+from dicom_node.net import tls
 from dicom_node.store.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -217,12 +219,43 @@ def tune_acceptor(event: Event) -> None:
 
 
 class NodelayAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, setting TCP_NODELAY on each accepted connection."""
+    """pynetdicom's threaded server, setting TCP_NODELAY on each accepted connection.
+
+    With an ``ssl_context`` (DICOM TLS), pynetdicom's own ``get_request`` would run the
+    TLS handshake in the accept loop, where one client that never finishes it stops the
+    server for everyone. Here the socket is wrapped without a handshake, and the
+    handshake runs in the connection's own thread under ``ae.acse_timeout``.
+    """
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
+        assert self.socket is not None
+        client, address = self.socket.accept()
         set_nodelay(client)
+        if self.ssl_context is not None:
+            try:
+                client = tls.wrap_accepted(self.ssl_context, client)
+            except OSError:
+                client.close()
+                raise
         return client, address
+
+    def process_request_thread(
+        self,
+        request: socket.socket | tuple[bytes, socket.socket],
+        client_address: tuple[str, int] | str,
+    ) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            peer = ":".join(str(p) for p in client_address[:2]) if isinstance(
+                client_address, tuple) else str(client_address)  # fmt: skip
+            if tls.handshake(request, float(self.ae.acse_timeout or 30), peer) is not None:
+                if self.metrics is not None:
+                    self.metrics.association_refused("tls-handshake")
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+    #: Counts TLS handshake refusals (set by :func:`start_server`).
+    metrics: NodeMetrics | None = None
 
 
 def node_ae(ae_title: str) -> AE:
@@ -241,7 +274,8 @@ def build_ae(node: NodeSection) -> AE:
     ae.dimse_timeout = node.dimse_timeout_s
     ae.network_timeout = node.network_timeout_s
     ae.maximum_pdu_size = node.max_pdu_size
-    ae.require_calling_aet = list(node.allowed_calling_aets)
+    # Titles only; hosts per AE are checked by callers.RequestedCheck (EVT_REQUESTED).
+    ae.require_calling_aet = list(node.calling_titles)
     ae.require_called_aet = node.require_called_aet
     for cx in StoragePresentationContexts:
         if cx.abstract_syntax is not None:
@@ -251,16 +285,23 @@ def build_ae(node: NodeSection) -> AE:
 
 
 def start_server(
-    ae: AE, host: str, port: int, handlers: Sequence[EventHandlerType]
-) -> NodelayAssociationServer:
-    """Bind and serve in a background thread; returns the server (port 0 picks one)."""
+    ae: AE, host: str, port: int, handlers: Sequence[EventHandlerType],
+    *, ssl_context: ssl.SSLContext | None = None, metrics: NodeMetrics | None = None,
+) -> NodelayAssociationServer:  # fmt: skip
+    """Bind and serve in a background thread; returns the server (port 0 picks one).
+
+    With ``ssl_context`` the server speaks DICOM TLS (pynetdicom's ``ssl_context``,
+    handshake per :class:`NodelayAssociationServer`).
+    """
     _install_reactor_clock()
     server = ae.make_server(
         (host, port),
         evt_handlers=[(evt.EVT_CONN_OPEN, tune_acceptor), *handlers],
         server_class=NodelayAssociationServer,
+        ssl_context=ssl_context,
     )
     assert isinstance(server, NodelayAssociationServer)
+    server.metrics = metrics
     # AE.shutdown() and the server's own shutdown() expect it in the AE's list, as
     # AE.start_server(block=False) would have put it.
     ae._servers.append(server)
@@ -271,8 +312,9 @@ def start_server(
     thread.start()
     log.info(
         "scp.listening",
-        extra={"ae_title": ae.ae_title, "host": host, "port": server.server_address[1]},
-    )
+        extra={"ae_title": ae.ae_title, "host": host, "port": server.server_address[1],
+               "engine": "pynetdicom", "tls": ssl_context is not None},
+    )  # fmt: skip
     return server
 
 

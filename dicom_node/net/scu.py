@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from pynetdicom.presentation import PresentationContext
 
 from dicom_node.config import Destination
 from dicom_node.errors import PermanentError, TransientError
+from dicom_node.net import tls
 from dicom_node.net.scp import node_ae
 
 log = logging.getLogger(__name__)
@@ -216,8 +218,15 @@ def associate(
     *,
     calling_ae_title: str = "ICHNODE",
     timeouts: ScuTimeouts | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Association:
     """Open an association to ``destination`` with ``TCP_NODELAY`` set on its socket.
+
+    Over DICOM TLS when the destination has ``tls``: with ``ssl_context`` (the node
+    builds one per destination at start-up, relative paths resolved) or else one built
+    here from ``destination.tls`` as written. A failed handshake (a PACS certificate
+    that does not verify, or ours refused) yields no association: transient, like a
+    PACS that is down (a certificate may be renewed), and retried with backoff.
 
     Raises :class:`TransientDeliveryError` or :class:`PermanentDeliveryError` when no
     association results. The caller must ``release()`` the returned association.
@@ -229,6 +238,10 @@ def associate(
     ae.dimse_timeout = t.dimse_s
     ae.network_timeout = t.network_s
     watch = _Watch()
+    tls_args = None
+    if destination.tls is not None:
+        ctx = ssl_context if ssl_context is not None else tls.client_context(destination.tls)
+        tls_args = (ctx, destination.host)
     assoc = ae.associate(
         destination.host,
         destination.port,
@@ -238,6 +251,7 @@ def associate(
             (evt.EVT_CONN_OPEN, watch.on_conn_open),
             (evt.EVT_ACSE_RECV, watch.on_acse_recv),
         ],
+        tls_args=tls_args,
     )
     if assoc.is_established:
         return assoc
@@ -275,6 +289,7 @@ def send(
     *,
     calling_ae_title: str = "ICHNODE",
     timeouts: ScuTimeouts | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
     """Store ``datasets`` (pydicom datasets with file meta, or DICOM files) at ``destination``.
 
@@ -289,7 +304,10 @@ def send(
     if not items:
         return DeliveryResult(destination.name, (), (), 0.0)
     contexts = required_contexts([it.payload for it in items])
-    assoc = associate(destination, contexts, calling_ae_title=calling_ae_title, timeouts=timeouts)
+    assoc = associate(
+        destination, contexts, calling_ae_title=calling_ae_title, timeouts=timeouts,
+        ssl_context=ssl_context,
+    )  # fmt: skip
     sent: list[str] = []
     warnings: list[tuple[int, int]] = []
     refused: list[str] = []

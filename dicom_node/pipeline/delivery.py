@@ -26,9 +26,11 @@ in a restarted node; a ``pending`` row without a job is rescheduled at start-up.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -64,6 +66,8 @@ class JobScheduler(Protocol):
 class DeliverySettings:
     calling_ae_title: str
     timeouts: ScuTimeouts
+    #: DICOM TLS context per destination name (built once at start-up, files checked).
+    tls: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
 
 
 class RetryPolicy(Protocol):
@@ -116,6 +120,7 @@ class PacsChannel:
             files,
             calling_ae_title=self.settings.calling_ae_title,
             timeouts=self.settings.timeouts,
+            ssl_context=self.settings.tls.get(self.dest.name),
         )
         return res.elapsed_s
 
