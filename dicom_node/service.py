@@ -23,6 +23,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -43,6 +44,7 @@ from dicom_node.net.handlers import (
 )
 from dicom_node.net.scp import NodelayAssociationServer, build_ae, start_server
 from dicom_node.net.scu import ScuTimeouts
+from dicom_node.net.sessions import Sessions
 from dicom_node.pipeline.assembly import (
     Assembler,
     CompletionHook,
@@ -108,6 +110,8 @@ class Service:
         self.metrics = NodeMetrics(STATES)
         self._stopped = threading.Event()
         self._busy = BusyAssociations()
+        #: Open associations and the studies they sent: they hold a study's completion.
+        self.sessions = Sessions(self._on_association_ended)
 
     @property
     def port(self) -> int:
@@ -175,6 +179,7 @@ class Service:
             hash_key=s.logging.hash_key,
             retention_days=s.storage.retention_days,
             hooks=hooks,
+            holds=self.sessions,
         )
         register_runtime(self.key, self.assembler)
         self.scheduler.start()
@@ -192,10 +197,13 @@ class Service:
             log.info("study.deadlines_restored", extra={"studies": pending})
         self.ae = build_ae(s.node)
         store = StoreHandler(
-            self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics
-        )
+            self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics,
+            self.sessions,
+        )  # fmt: skip
         if s.node.engine == "native":
-            self.acceptor = Acceptor(s.node, store.store, self.ae.supported_contexts, self.metrics)
+            self.acceptor = Acceptor(
+                s.node, store.store, self.ae.supported_contexts, self.metrics, self.sessions
+            )
             self.acceptor.start()
         else:
             self.server = start_server(self.ae, s.node.host, s.node.port, self._handlers(store))
@@ -204,7 +212,7 @@ class Service:
 
     def _handlers(self, store: StoreHandler) -> list[EventHandlerType]:
         s = self.settings
-        assoc_log = AssociationLog(self.metrics)
+        assoc_log = AssociationLog(self.metrics, self.sessions)
         return [
             (evt.EVT_C_STORE, store),
             (evt.EVT_C_ECHO, handle_echo),
@@ -220,6 +228,8 @@ class Service:
             (evt.EVT_ACCEPTED, assoc_log.accepted),
             (evt.EVT_RELEASED, assoc_log.ended),
             (evt.EVT_ABORTED, assoc_log.ended),
+            (evt.EVT_PDU_RECV, assoc_log.pdu_received),
+            (evt.EVT_CONN_CLOSE, assoc_log.closed),
         ]
 
     def _start_web(self) -> WebServer:
@@ -357,6 +367,15 @@ class Service:
         self.scheduler.notify(
             stored.ref.study_uid, stored.received, force=rec.new_study or rec.reopened
         )
+
+    def _on_association_ended(self, studies: Sequence[str], ended: float) -> None:
+        """An association that stored ``studies`` released or aborted: their quiet
+        period now counts from ``ended`` (the assembler checks the holds again then)."""
+        if self.scheduler is None or self._stopped.is_set():
+            return  # stopping: receiving studies get their deadline at the next start
+        quiet = self.settings.study.quiet_seconds
+        for uid in studies:
+            self.scheduler.schedule_completion(uid, ended + quiet)
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop listening, let stores in progress finish (up to ``grace_s``), stop timers.
