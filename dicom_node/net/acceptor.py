@@ -27,7 +27,8 @@ peer trickling one byte at a time would otherwise hold a thread and a slot forev
 The association request (from connect to a complete A-ASSOCIATE-RQ) has
 ``acse_timeout_s`` in all; every later PDU ``pdu_timeout_s`` from its first byte.
 TCP_NODELAY is set on every accepted socket. A C-STORE on a context of another SOP
-class is answered 0x0122; an instance larger than ``max_instance_mb`` is read, dropped and answered 0xA700 (memory stays bounded).
+class is answered 0x0122; an instance larger than ``max_instance_mb`` is read, dropped
+and answered 0xA700 (memory stays bounded).
 """
 
 from __future__ import annotations
