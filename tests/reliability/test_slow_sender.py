@@ -48,7 +48,7 @@ SMALL_PDU = 512
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
+    path: Path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
     make_checkpoint(path, input_size=64)
     return path
 
@@ -67,7 +67,7 @@ def start_pipeline_node(
     """``start(destinations, **sections)``: a node with inference on, in this process."""
 
     def make_config(base: Path, destinations: list[dict[str, Any]], **sections: Any) -> Path:
-        return pipeline_config(base, checkpoint, destinations, **sections)
+        return Path(pipeline_config(base, checkpoint, destinations, **sections))
 
     with running_nodes(tmp_path, log_capture, make_config) as start:
         yield start
@@ -95,7 +95,8 @@ class SlowScu:
     def store(self, path: Path) -> float:
         """C-STORE one file; returns when its Success arrived (monotonic seconds)."""
         status = self.assoc.send_c_store(path)
-        assert status is not None and status.Status == 0x0000, status
+        assert status is not None
+        assert status.Status == 0x0000, status
         return time.monotonic()
 
     def release(self) -> None:
@@ -140,7 +141,8 @@ def test_slow_link_pausing_past_quiet_seconds_gives_one_study_one_result(
         # passed while the association kept sending (a loaded machine only widens it).
         assert gap > QUIET_S, f"the slow instance took {gap:.1f} s, not > {QUIET_S} s"
         held = node.study(study.study_uid)
-        assert held is not None and held.state == "receiving", held
+        assert held is not None
+        assert held.state == "receiving", held
     finally:
         scu.release()
     row = _wait_study(node, study.study_uid, _settled, "study processed and delivered")
