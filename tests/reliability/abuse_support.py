@@ -100,14 +100,14 @@ def hostile(rng: random.Random, kind: str, associate_rq: bytes, store: bytes) ->
     if kind in ("random-pdu", "random-pdu-after-accept"):
         body = rng.randbytes(rng.randint(0, 512))
         pdu_type = rng.choice([rng.randint(0, 255), *range(1, 8)])
-        return pdu(pdu_type, body)
+        return bytes(pdu(pdu_type, body))
     if kind == "random-pdvs":
         pdvs = [
             (rng.choice([CX_CT, rng.randint(0, 255)]), rng.randint(0, 3),
              rng.randbytes(rng.randint(0, 300)))
             for _ in range(rng.randint(1, 4))
         ]  # fmt: skip
-        return p_data(*pdvs)
+        return bytes(p_data(*pdvs))
     if kind == "truncated-associate-rq":
         return associate_rq[: rng.randint(1, len(associate_rq) - 1)]
     if kind == "truncated-store":
