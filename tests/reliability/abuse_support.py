@@ -41,6 +41,10 @@ class EchoProbe:
         self.samples.setdefault(what, []).append(took)
         return took
 
+    def note(self, what: str, seconds: float) -> None:
+        """Keep another measured figure (reported beside the round trips, not asserted)."""
+        self.samples.setdefault(what, []).append(seconds)
+
     def write(self) -> None:
         """Append the samples as JSON lines to ``$ABUSE_ECHO_REPORT`` (if set)."""
         target = os.environ.get(REPORT_ENV)

@@ -182,6 +182,7 @@ def test_one_byte_a_second_is_cut_by_the_whole_pdu_deadline(
             sender.start()
             seen = peer.wait_closed()  # the node closes; the guard is the socket timeout
             freed_after = time.monotonic() - started
+            probe.note(f"native: one-byte-a-second {phase} freed after (s)", freed_after)
             assert all(raw[0] == 0x07 for raw in seen), seen
             assert freed_after < FREED_GUARD_S
             with contextlib.suppress(OSError):
@@ -209,8 +210,10 @@ def test_associations_over_the_limit_are_rejected_at_once(
             peer.associate()
         for _ in range(5):
             with connect(node.port) as extra:
+                asked = time.monotonic()
                 extra.send(extra.associate_rq())
                 got = extra.read_pdu()  # the socket timeout is the hang guard
+                probe.note(f"{engine}: A-ASSOCIATE-RJ over the limit (s)", time.monotonic() - asked)
                 assert got is not None
                 assert got[0] == 0x03, got  # A-ASSOCIATE-RJ
                 rj = ul_pdu.A_ASSOCIATE_RJ()
