@@ -24,6 +24,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -46,6 +47,7 @@ from dicom_node.net.handlers import (
 )
 from dicom_node.net.scp import NodelayAssociationServer, build_ae, start_server
 from dicom_node.net.scu import ScuTimeouts
+from dicom_node.net.sessions import Sessions
 from dicom_node.pipeline.assembly import (
     Assembler,
     CompletionHook,
@@ -113,6 +115,8 @@ class Service:
         self.metrics = NodeMetrics(STATES)
         self._stopped = threading.Event()
         self._busy = BusyAssociations()
+        #: Open associations and the studies they sent: they hold a study's completion.
+        self.sessions = Sessions(self._on_association_ended)
 
     @property
     def port(self) -> int:
@@ -199,6 +203,7 @@ class Service:
             hash_key=s.logging.hash_key,
             retention_days=s.storage.retention_days,
             hooks=hooks,
+            holds=self.sessions,
         )
         register_runtime(self.key, self.assembler)
         self.scheduler.start()
@@ -216,16 +221,18 @@ class Service:
             log.info("study.deadlines_restored", extra={"studies": pending})
         self.ae = build_ae(s.node)
         store = StoreHandler(
-            self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics
-        )
+            self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics,
+            self.sessions,
+        )  # fmt: skip
         if s.node.engine == "native":
             contexts = self.ae.supported_contexts
             if s.node.plain_enabled:
-                self.acceptor = Acceptor(s.node, store.store, contexts, self.metrics)
+                self.acceptor = Acceptor(s.node, store.store, contexts, self.metrics, self.sessions)
             if server_tls is not None:
                 self.tls_acceptor = Acceptor(
-                    s.node, store.store, contexts, self.metrics, ssl_context=server_tls
-                )
+                    s.node, store.store, contexts, self.metrics, self.sessions,
+                    ssl_context=server_tls,
+                )  # fmt: skip
             acceptors = [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
             for a in acceptors:
                 a.siblings = [b for b in acceptors if b is not a]
@@ -248,7 +255,7 @@ class Service:
 
     def _handlers(self, store: StoreHandler) -> list[EventHandlerType]:
         s = self.settings
-        assoc_log = AssociationLog(self.metrics)
+        assoc_log = AssociationLog(self.metrics, self.sessions)
         return [
             (evt.EVT_C_STORE, store),
             (evt.EVT_C_ECHO, handle_echo),
@@ -265,6 +272,8 @@ class Service:
             (evt.EVT_ACCEPTED, assoc_log.accepted),
             (evt.EVT_RELEASED, assoc_log.ended),
             (evt.EVT_ABORTED, assoc_log.ended),
+            (evt.EVT_PDU_RECV, assoc_log.pdu_received),
+            (evt.EVT_CONN_CLOSE, assoc_log.closed),
         ]
 
     def _start_web(self) -> WebServer:
@@ -403,6 +412,15 @@ class Service:
         self.scheduler.notify(
             stored.ref.study_uid, stored.received, force=rec.new_study or rec.reopened
         )
+
+    def _on_association_ended(self, studies: Sequence[str], ended: float) -> None:
+        """An association that stored ``studies`` released or aborted: their quiet
+        period now counts from ``ended`` (the assembler checks the holds again then)."""
+        if self.scheduler is None or self._stopped.is_set():
+            return  # stopping: receiving studies get their deadline at the next start
+        quiet = self.settings.study.quiet_seconds
+        for uid in studies:
+            self.scheduler.schedule_completion(uid, ended + quiet)
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop listening, let stores in progress finish (up to ``grace_s``), stop timers.

@@ -22,15 +22,20 @@ within ``acse_timeout_s``; rejections follow pynetdicom's (calling AE not recogn
 C-STORE-RQ and C-ECHO-RQ, A-RELEASE-RQ (answered, then closed) and A-ABORT. Any other
 request is answered "unrecognised operation" (0x0211); a malformed or unexpected PDU
 is answered with A-P-ABORT and the connection closed. An association silent for
-``network_timeout_s`` is aborted. TCP_NODELAY is set on every accepted socket. A
-C-STORE on a context of another SOP class is answered 0x0122; an instance larger than
-``max_instance_mb`` is read, dropped and answered 0xA700 (memory stays bounded).
+``network_timeout_s`` is aborted. Deadlines bound whole PDUs, not only each ``recv``: a
+peer trickling one byte at a time would otherwise hold a thread and a slot forever.
+The association request (from connect to a complete A-ASSOCIATE-RQ) has
+``acse_timeout_s`` in all; every later PDU ``pdu_timeout_s`` from its first byte.
+TCP_NODELAY is set on every accepted socket. A C-STORE on a context of another SOP
+class is answered 0x0122; an instance larger than ``max_instance_mb`` is read, dropped
+and answered 0xA700 (memory stays bounded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 import socket
 import ssl
@@ -76,6 +81,7 @@ from dicom_node.net.dimse import (
     release_rp,
 )
 from dicom_node.net.scp import set_nodelay
+from dicom_node.net.sessions import Session, Sessions
 from dicom_node.store.spool import OUT_OF_RESOURCES, SUCCESS, RateLimitedLog
 from dicom_node.store.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -96,7 +102,7 @@ class StoreFunction(Protocol):
 
     def __call__(
         self, data: memoryview, transfer_syntax: str, sop_class: str | None,
-        sop_instance: str | None, calling_aet: str,
+        sop_instance: str | None, calling_aet: str, *, session: Session | None = None,
     ) -> int: ...  # fmt: skip
 
 
@@ -104,17 +110,25 @@ class _Closed(Exception):  # noqa: N818 - control flow: the peer or a stop close
     """The connection is gone; the association ends without another word."""
 
 
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
+class _DeadlinePassedError(TimeoutError):
+    """A PDU (or the association request) took longer than its whole deadline."""
+
+
+def _recv_into(sock: socket.socket, view: memoryview, deadline: float = math.inf) -> None:
+    """Fill ``view``; each ``recv`` waits up to the socket timeout, and the whole read
+    must be done by ``deadline`` (``time.monotonic``), checked after every ``recv``."""
     while view:
         n = sock.recv_into(view)
         if n == 0:
             raise _Closed
         view = view[n:]
+        if view and time.monotonic() > deadline:
+            raise _DeadlinePassedError
 
 
-def _recv(sock: socket.socket, n: int) -> bytearray:
+def _recv(sock: socket.socket, n: int, deadline: float = math.inf) -> bytearray:
     buf = bytearray(n)
-    _recv_into(sock, memoryview(buf))
+    _recv_into(sock, memoryview(buf), deadline)
     return buf
 
 
@@ -148,6 +162,8 @@ class Association:
         #: Held while bytes go out, so that an A-ABORT never lands inside a response.
         self._send_lock = threading.Lock()
         self._buffer = bytearray()
+        #: Set once established when the acceptor tracks sessions (study completion).
+        self.session: Session | None = None
         self.thread = threading.Thread(target=self._run, name="dicom-node-assoc", daemon=True)
 
     # -- called from other threads -------------------------------------------------------
@@ -227,8 +243,14 @@ class Association:
             how = self._serve()
         except _Closed:
             how = "aborted" if self._stop else "closed"
-        except TimeoutError:
-            log.warning("assoc.timeout", extra={"calling_aet": self.calling_aet, "peer": self.peer})
+        except TimeoutError as exc:
+            deadline = "network_timeout_s"
+            if isinstance(exc, _DeadlinePassedError):
+                deadline = "pdu_timeout_s" if self.established else "acse_timeout_s"
+            log.warning(
+                "assoc.timeout",
+                extra={"calling_aet": self.calling_aet, "peer": self.peer, "deadline": deadline},
+            )
             self._abort(source=2, reason=0)
             how = "aborted"
         except ProtocolError as exc:
@@ -254,6 +276,8 @@ class Association:
                 self._closed = True
             self._close_socket()
             self.server._forget(self)
+            if self.session is not None and self.server.sessions is not None:
+                self.server.sessions.end(self)
             if self.established:
                 self.server.metrics.association_ended()
                 log.info(
@@ -279,12 +303,13 @@ class Association:
 
     def _associate(self) -> _Negotiated | None:
         """Read A-ASSOCIATE-RQ; answer AC (returns what was agreed) or RJ (None)."""
-        pdu_type, length = PDU_HEADER.unpack(_recv(self.sock, PDU_HEADER.size))
+        deadline = time.monotonic() + self.server.node.acse_timeout_s
+        pdu_type, length = PDU_HEADER.unpack(_recv(self.sock, PDU_HEADER.size, deadline))
         if pdu_type != A_ASSOCIATE_RQ:
             raise ProtocolError("first PDU is not A-ASSOCIATE-RQ", 2)
         if length > MAX_ASSOCIATE_RQ:
             raise ProtocolError("A-ASSOCIATE-RQ too large", 6)
-        raw = bytes(PDU_HEADER.pack(pdu_type, length) + _recv(self.sock, length))
+        raw = bytes(PDU_HEADER.pack(pdu_type, length) + _recv(self.sock, length, deadline))
         pdu = ul_pdu.A_ASSOCIATE_RQ()
         try:
             pdu.decode(raw)
@@ -343,6 +368,8 @@ class Association:
         ac.user_information = [max_length, impl_uid, impl_name, *ac_roles]
         out_ac = ul_pdu.A_ASSOCIATE_AC()
         out_ac.from_primitive(ac)
+        if self.server.sessions is not None:
+            self.session = self.server.sessions.open(self)
         self._send(out_ac.encode())
         self.established = True
         self.server.metrics.association_accepted()
@@ -368,10 +395,21 @@ class Association:
         size = 0  # dataset bytes received so far into self._buffer
         header = bytearray(PDV_HEADER.size)
         header_view = memoryview(header)
+        pdu_header = bytearray(PDU_HEADER.size)
+        pdu_view = memoryview(pdu_header)
+        pdu_timeout = self.server.node.pdu_timeout_s
+        session = self.session
         while True:
-            pdu_type, length = PDU_HEADER.unpack(_recv(sock, PDU_HEADER.size))
+            # Waiting for a PDU is bounded by the socket's network_timeout_s; once its
+            # first byte is in, the whole PDU by pdu_timeout_s.
+            _recv_into(sock, pdu_view[:1])
+            deadline = time.monotonic() + pdu_timeout
+            _recv_into(sock, pdu_view[1:], deadline)
+            pdu_type, length = PDU_HEADER.unpack(pdu_header)
+            if session is not None:
+                session.touch()
             if pdu_type == A_RELEASE_RQ:
-                _recv(sock, min(length, 4))
+                _recv(sock, min(length, 4), deadline)
                 with self._lock:
                     self._closed = True
                 self._send(release_rp())
@@ -385,7 +423,7 @@ class Association:
             while left > 0:
                 if left < PDV_HEADER.size:
                     raise ProtocolError("PDV header past the end of its PDU", 6)
-                _recv_into(sock, header_view)
+                _recv_into(sock, header_view, deadline)
                 item_length, cx_id, control = PDV_HEADER.unpack(header)
                 frag = item_length - 2
                 left -= PDV_HEADER.size
@@ -397,7 +435,7 @@ class Association:
                 if control & 0x01:  # command fragment
                     if pending is not None or len(command) + frag > MAX_COMMAND_BYTES:
                         raise ProtocolError("unexpected command fragment", 6)
-                    command += _recv(sock, frag)
+                    command += _recv(sock, frag, deadline)
                     if control & 0x02:
                         request = parse_command(command)
                         command.clear()
@@ -419,10 +457,12 @@ class Association:
                         grown[:size] = self._buffer[:size]
                         self._buffer = grown
                     with memoryview(self._buffer) as view:
-                        _recv_into(sock, view[size : size + frag])
+                        _recv_into(sock, view[size : size + frag], deadline)
                     size += frag
                 else:  # one fragment may be gigabytes long: read it in bounded pieces
-                    self._discard(frag)
+                    self._discard(frag, deadline)
+                if session is not None:
+                    session.touch()
                 if control & 0x02:
                     request, pending = pending, None
                     if oversize:
@@ -442,7 +482,7 @@ class Association:
                         self._abort(source=2, reason=0)
                         return "aborted"
 
-    def _discard(self, n: int) -> None:
+    def _discard(self, n: int, deadline: float) -> None:
         """Read and drop ``n`` bytes through the receive buffer, growing it to no more
         than :data:`DISCARD_BUFFER`."""
         if len(self._buffer) < min(n, DISCARD_BUFFER):
@@ -450,7 +490,7 @@ class Association:
         with memoryview(self._buffer) as view:
             while n:
                 piece = min(n, len(view))
-                _recv_into(self.sock, view[:piece])
+                _recv_into(self.sock, view[:piece], deadline)
                 n -= piece
 
     def _answer_without_dataset(self, request: Command, cx_id: int, neg: _Negotiated) -> None:
@@ -485,7 +525,7 @@ class Association:
             with memoryview(self._buffer) as view:
                 status = self.server.on_store(
                     view[:size], neg.contexts[cx_id], request.sop_class, request.sop_instance,
-                    self.calling_aet,
+                    self.calling_aet, session=self.session,
                 )  # fmt: skip
             self._send_response(request, status, cx_id, neg)
         finally:
@@ -511,9 +551,12 @@ class Acceptor:
     def __init__(
         self, node: NodeSection, on_store: StoreFunction,
         contexts: Sequence[PresentationContext], metrics: NodeMetrics | None = None,
+        sessions: Sessions | None = None,
         *, ssl_context: ssl.SSLContext | None = None, port: int | None = None,
     ) -> None:  # fmt: skip
         self.node = node
+        #: Open associations and the studies they store (study completion waits on them).
+        self.sessions = sessions
         self.ssl_context = ssl_context
         self.bind_port = port if port is not None else (
             node.tls.port if ssl_context is not None else node.port

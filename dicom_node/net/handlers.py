@@ -22,6 +22,7 @@ from pynetdicom.events import Event
 
 from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
+from dicom_node.net.sessions import Session, Sessions
 from dicom_node.store.index import IndexDBError
 from dicom_node.store.spool import (
     CANNOT_UNDERSTAND,
@@ -88,6 +89,8 @@ class StoreHandler:
     on_stored: StoredCallback | None = None
     busy: BusyAssociations | None = None
     metrics: NodeMetrics | None = None
+    #: Open associations and the studies they store (holds a study's completion).
+    sessions: Sessions | None = None
 
     def __call__(self, event: Event) -> int:
         if self.busy is None:
@@ -108,25 +111,32 @@ class StoreHandler:
         except Exception as exc:  # noqa: BLE001 - a handler never raises: pynetdicom would abort
             log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
             return CANNOT_UNDERSTAND
-        return self.store(raw, transfer_syntax, sop_class, sop_instance, _calling_aet(event))
+        session = self.sessions.get(event.assoc) if self.sessions is not None else None
+        return self.store(
+            raw, transfer_syntax, sop_class, sop_instance, _calling_aet(event), session=session
+        )
 
     def store(
         self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
-        sop_instance: str | None, calling_aet: str,
+        sop_instance: str | None, calling_aet: str, *, session: Session | None = None,
     ) -> int:  # fmt: skip
         """Store one dataset as it came over the wire; returns the DIMSE status.
 
         Both receive engines end here: the native acceptor passes a view of its receive
         buffer (valid until this returns), pynetdicom's handler the encoded dataset.
+        ``session`` is the association it came on: a new instance makes that association
+        hold its study's completion while it is open and sending.
         """
-        status = self._store_bytes(data, transfer_syntax, sop_class, sop_instance, calling_aet)
+        status = self._store_bytes(
+            data, transfer_syntax, sop_class, sop_instance, calling_aet, session
+        )
         if self.metrics is not None and status != SUCCESS:
             self.metrics.store_refused(status)
         return status
 
     def _store_bytes(
         self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
-        sop_instance: str | None, calling_aet: str,
+        sop_instance: str | None, calling_aet: str, session: Session | None,
     ) -> int:  # fmt: skip
         try:
             ref = parse_dataset(
@@ -171,6 +181,8 @@ class StoreHandler:
             )
         if self.metrics is not None:
             self.metrics.instance_stored(len(data), duplicate=not stored.recorded.inserted)
+        if self.sessions is not None and stored.recorded.inserted:
+            self.sessions.stored(session, ref.study_uid)
         if self.on_stored is not None and stored.recorded.inserted:
             try:
                 self.on_stored(stored)
@@ -226,17 +238,33 @@ def _peer(event: Event) -> str:
 @dataclass(frozen=True, slots=True)
 class AssociationLog:
     """EVT_ACCEPTED and EVT_RELEASED / EVT_ABORTED: one log line each (peer AE and
-    address only) and the open-associations gauge."""
+    address only) and the open-associations gauge; with ``sessions``, the association's
+    lifecycle (opened, each PDU received, closed) for study completion."""
 
     metrics: NodeMetrics | None = None
+    sessions: Sessions | None = None
 
     def accepted(self, event: Event) -> None:
+        if self.sessions is not None:
+            self.sessions.open(event.assoc)
         if self.metrics is not None:
             self.metrics.association_accepted()
         log.info("assoc.accepted", extra={"calling_aet": _calling_aet(event), "peer": _peer(event)})
 
+    def pdu_received(self, event: Event) -> None:
+        """EVT_PDU_RECV: the association is sending (see :mod:`dicom_node.net.sessions`)."""
+        if self.sessions is not None:
+            self.sessions.touch(event.assoc)
+
+    def closed(self, event: Event) -> None:
+        """EVT_CONN_CLOSE: the connection is gone, however the association ended."""
+        if self.sessions is not None:
+            self.sessions.end(event.assoc)
+
     def ended(self, event: Event) -> None:
         """The association ended (a study may still continue)."""
+        if self.sessions is not None:
+            self.sessions.end(event.assoc)
         if self.metrics is not None:
             self.metrics.association_ended()
         log.info(

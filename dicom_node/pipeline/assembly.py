@@ -2,8 +2,12 @@
 
 PS3.4 gives a C-STORE SCP no signal that a study is whole: studies come over one or many
 associations, in any order, interleaved with others. So a study is complete when no
-instance of it arrived for ``study.quiet_seconds`` (an association release is only a
-hint). The deadline is a durable APScheduler job (:mod:`dicom_node.pipeline.scheduler`); this
+instance of it arrived for ``study.quiet_seconds``, except that an association which
+stored instances of it and is still open and sending (a PDU less than
+``quiet_seconds`` ago) holds it: the quiet period then counts from that association's
+release or abort (:class:`Holds`, kept by :mod:`dicom_node.net.sessions`). An open
+association that went silent holds nothing: the deadline counts from its last instance.
+The deadline is a durable APScheduler job (:mod:`dicom_node.pipeline.scheduler`); this
 module holds what the job does.
 
 On completion a study with no eligible instance (no CT image) ends ``skipped`` with a
@@ -42,6 +46,17 @@ class CompletionHook(Protocol):
     """
 
     def __call__(self, study: StudyRow) -> None: ...
+
+
+class Holds(Protocol):
+    """What keeps a study open beyond its last instance: the associations sending it."""
+
+    def held_until(self, study_uid: str, idle_s: float, now: float) -> float:
+        """The latest activity (epoch seconds) of an association holding the study: the
+        last PDU of an open one active within ``idle_s``, or the end of one; 0.0 if none."""
+        ...
+
+    def forget(self, study_uid: str) -> None: ...
 
 
 class Rescheduler(Protocol):
@@ -90,6 +105,7 @@ class Assembler:
         hash_key: str,
         retention_days: float = 7.0,
         hooks: Sequence[CompletionHook] | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.index = index
         self.spool = spool
@@ -98,6 +114,7 @@ class Assembler:
         self.hash_key = hash_key
         self.retention_days = retention_days
         self._hooks = tuple(hooks) if hooks is not None else None
+        self.holds = holds
 
     @property
     def hooks(self) -> tuple[CompletionHook, ...]:
@@ -118,9 +135,18 @@ class Assembler:
                 self.scheduler.forget(study_uid)
                 return "not_receiving"
             due = study.last_received + self.quiet_seconds
+            held = False
+            if self.holds is not None:
+                until = self.holds.held_until(study_uid, self.quiet_seconds, now)
+                if until + self.quiet_seconds > due:
+                    due, held = until + self.quiet_seconds, True
             if now < due:
                 self.scheduler.schedule_completion(study_uid, due)
-                log.debug("study.deadline_moved", extra={"study": key, "in_s": round(due - now, 2)})
+                log.debug(
+                    "study.deadline_moved",
+                    extra={"study": key, "in_s": round(due - now, 2),
+                           "by": "association" if held else "instance"},
+                )  # fmt: skip
                 return "rescheduled"
             state: StudyState
             reason: str | None
@@ -134,6 +160,8 @@ class Assembler:
                 study_uid, study.generation, study.last_received, state, reason
             ):
                 self.scheduler.forget(study_uid)
+                if self.holds is not None:
+                    self.holds.forget(study_uid)
                 log.info(
                     "study.complete" if state == "complete" else "study.skipped",
                     extra={
