@@ -8,6 +8,7 @@ Everything is a real process or a real socket on loopback; nothing is mocked.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -257,12 +258,14 @@ class SilentPacs:
 
 
 @contextmanager
-def small_tmpfs(where: Path, size_mb: int) -> Iterator[Path | None]:
-    """A tmpfs of ``size_mb`` mounted at ``where`` (yields None where mounting is not
-    allowed: not root, or no CAP_SYS_ADMIN in a container); unmounted on exit."""
+def small_tmpfs(where: Path, size_mb: int, inodes: int = 4096) -> Iterator[Path | None]:
+    """A tmpfs of ``size_mb`` and ``inodes`` files mounted at ``where`` (yields None where
+    mounting is not allowed: not root, or no CAP_SYS_ADMIN in a container); unmounted on
+    exit."""
     where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_mb}m,nr_inodes={inodes},mode=0700"
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(where)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -287,6 +290,27 @@ def fill(where: Path, leave_bytes: int) -> Path:
             fh.write(block[:n])
             remaining -= n
     return filler
+
+
+def fill_inodes(where: Path, leave: int) -> list[Path]:
+    """Empty files on ``where`` until its filesystem has no inode left, then remove
+    ``leave`` of them: blocks stay free (the spool's statvfs guard sees room), yet the
+    ``leave + 1``-th new file fails with ENOSPC. Returns the files still there."""
+    folder = where / "inode-filler"
+    folder.mkdir()
+    made: list[Path] = []
+    while True:
+        path = folder / f"{len(made)}"
+        try:
+            path.touch(exist_ok=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            break
+        made.append(path)
+    for path in made[-leave:]:
+        path.unlink()
+    return made[:-leave]
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
