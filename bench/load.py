@@ -8,7 +8,9 @@ delivery, Orthanc holding the SR and SC of every study), and reports the node's 
 (``VmHWM``), the disk it used, and the round trip of a C-ECHO (association, echo,
 release, from pynetdicom in this process) sampled every ``--echo-every`` seconds during
 the load. ``--soak N`` sends N studies instead (the same associations, one study each,
-again and again) and reports the RSS slope between the first and the last 100 studies.
+again and again, at most two per association ahead of those processed and delivered, so
+the backlog stays level) and reports the RSS slope between the first and the last 100
+studies.
 
 Studies are clones of one generated phantom with new Study/Series/SOP Instance UIDs
 (pixel data identical: the node does not care, and generating 80 phantoms would cost
@@ -299,8 +301,8 @@ def run_load(
     """Run the load in ``work`` (which it fills) and return what it measured.
 
     Without ``soak``, each association sends ``studies`` studies (prepared before the
-    timer starts). With ``soak=N``, N studies in all: each association sends one study
-    per association, cloned just before and deleted after, until N are sent.
+    timer starts). With ``soak=N``, N studies in all: each association sends one study at
+    a time, cloned just before and deleted after, paced to a level backlog.
     """
     if slices < 10:
         raise ValueError("slices must be >= 10: the series choice skips shorter series")
@@ -343,12 +345,17 @@ def run_load(
                 n = next(counter, None)
             if n is None:
                 return
+            # A steady state, not a queue that grows: at most two studies per association
+            # ahead of the ones settled, so RSS is compared at equal backlog.
+            while n - settled(index_db) >= 2 * associations and node.proc.poll() is None:
+                time.sleep(0.2)
             with clone_lock:  # the template datasets are shared
                 _, files = cloner.write(work / "send" / f"{n:06d}", n)
             if not storescu(node.port, files):
                 failures.append(n)
             for f in files:
                 f.unlink()
+            files[0].parent.rmdir()
 
     try:
         start = time.monotonic()
