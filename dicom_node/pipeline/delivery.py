@@ -178,8 +178,11 @@ class Deliverer:
         for channel in self.channels.values():
             if not channel.wants(files, findings):
                 continue
-            self.index.set_delivery(study_uid, channel.name, generation, "pending", 0, None)
-            self._schedule(study_uid, channel.name, time.time())
+            now = time.time()
+            self.index.set_delivery(
+                study_uid, channel.name, generation, "pending", 0, None, next_attempt=now
+            )
+            self._schedule(study_uid, channel.name, now)
 
     def reconcile(self) -> int:
         """At start-up: give every pending delivery without a job one (after a crash or a
@@ -188,7 +191,12 @@ class Deliverer:
         n = 0
         for row in self.index.deliveries(states=("pending",)):
             if not self.scheduler.has_job(delivery_job_id(row.study_uid, row.destination)):
-                self._schedule(row.study_uid, row.destination, time.time())
+                now = time.time()
+                self.index.set_delivery(
+                    row.study_uid, row.destination, row.generation, "pending", row.attempts,
+                    row.last_error, next_attempt=now,
+                )  # fmt: skip
+                self._schedule(row.study_uid, row.destination, now)
                 n += 1
         if n:
             log.info("delivery.rescheduled", extra={"n": n})
@@ -243,8 +251,9 @@ class Deliverer:
                 self._record(row, "failed", attempts, f"gave up after {attempts}: {exc}", key)
                 return "failed"
             delay = backoff_seconds(attempts, retry.retry_base_s, retry.retry_cap_s)
-            self._record(row, "pending", attempts, str(exc), key, retry_in=delay)
-            self._schedule(study_uid, destination, time.time() + delay)
+            due = time.time() + delay
+            self._record(row, "pending", attempts, str(exc), key, retry_in=delay, due=due)
+            self._schedule(study_uid, destination, due)
             return "pending"
         except PermanentError as exc:
             self._record(row, "failed", attempts, str(exc), key)
@@ -261,11 +270,13 @@ class Deliverer:
         key: str,
         *,
         retry_in: float | None = None,
+        due: float | None = None,
         seconds: float | None = None,
     ) -> None:
         self.index.set_delivery(
-            row.study_uid, row.destination, row.generation, state, attempts, error
-        )
+            row.study_uid, row.destination, row.generation, state, attempts, error,
+            next_attempt=due,
+        )  # fmt: skip
         fields: dict[str, object] = {
             "study": key,
             "destination": row.destination,

@@ -49,7 +49,7 @@ STATES: Final[tuple[StudyState, ...]] = (
     "skipped",
 )
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,8 +124,16 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid);
 """
 
+# Version 5: when a pending delivery's next attempt is due (epoch seconds; NULL once it is
+# sent or failed), so ``dicom-node studies --json`` shows an outage's retry schedule.
+_SCHEMA_V5: Final = """
+ALTER TABLE deliveries ADD COLUMN next_attempt REAL;
+"""
+
 # version -> SQL that brings the schema from version - 1 to version.
-_MIGRATIONS: Final[dict[int, str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+_MIGRATIONS: Final[dict[int, str]] = {
+    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5,
+}  # fmt: skip
 
 DeliveryState = Literal["pending", "sent", "failed"]
 
@@ -211,6 +219,8 @@ class DeliveryRow:
     attempts: int
     last_error: str | None
     updated: float
+    #: When the next attempt is due (pending rows only).
+    next_attempt: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -219,6 +229,7 @@ class DeliveryRow:
             "last_error": self.last_error,
             "generation": self.generation,
             "updated": iso(self.updated),
+            "next_attempt": iso(self.next_attempt) if self.next_attempt is not None else None,
         }
 
 
@@ -566,17 +577,21 @@ class Index:
         state: DeliveryState,
         attempts: int,
         last_error: str | None,
+        next_attempt: float | None = None,
     ) -> None:
+        """Write a delivery's row; ``next_attempt`` is kept only while it is pending."""
+        due = next_attempt if state == "pending" else None
         with self._tx() as db:
             db.execute(
                 "INSERT INTO deliveries (study_uid, destination, generation, state, attempts, "
-                "last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "last_error, updated, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (study_uid, destination) DO UPDATE SET "
                 "generation = excluded.generation, state = excluded.state, "
                 "attempts = excluded.attempts, last_error = excluded.last_error, "
-                "updated = excluded.updated",
-                (study_uid, destination, generation, state, attempts, last_error, time.time()),
-            )
+                "updated = excluded.updated, next_attempt = excluded.next_attempt",
+                (study_uid, destination, generation, state, attempts, last_error, time.time(),
+                 due),
+            )  # fmt: skip
 
     def delivery(self, study_uid: str, destination: str) -> DeliveryRow | None:
         rows = [d for d in self.deliveries(study_uid) if d.destination == destination]
@@ -586,8 +601,8 @@ class Index:
         self, study_uid: str | None = None, states: Sequence[str] = ()
     ) -> list[DeliveryRow]:
         sql = (
-            "SELECT study_uid, destination, generation, state, attempts, last_error, updated "
-            "FROM deliveries WHERE 1 = 1"
+            "SELECT study_uid, destination, generation, state, attempts, last_error, updated, "
+            "next_attempt FROM deliveries WHERE 1 = 1"
         )
         args: list[Any] = []
         if study_uid is not None:
@@ -598,9 +613,7 @@ class Index:
             args.extend(states)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY study_uid, destination", args).fetchall()
-        return [
-            DeliveryRow(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6])) for r in rows
-        ]
+        return [_delivery_row(r) for r in rows]
 
     def instances(self, study_uid: str) -> list[InstanceRow]:
         with self._lock:
@@ -663,19 +676,24 @@ class Index:
             rows = db.execute(sql, tuple(states)).fetchall()
             deliveries = db.execute(
                 "SELECT study_uid, destination, generation, state, attempts, last_error, "
-                "updated FROM deliveries ORDER BY study_uid, destination"
+                "updated, next_attempt FROM deliveries ORDER BY study_uid, destination"
             ).fetchall()
         by_study: dict[str, list[DeliveryRow]] = {}
         for r in deliveries:
-            by_study.setdefault(r[0], []).append(
-                DeliveryRow(r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6]))
-            )
+            by_study.setdefault(r[0], []).append(_delivery_row(r))
         return [_study_row(r, by_study.get(r[0], ())) for r in rows]
 
     def total_size(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()
         return int(row[0])
+
+
+def _delivery_row(r: Sequence[Any]) -> DeliveryRow:
+    return DeliveryRow(
+        r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6]),
+        float(r[7]) if r[7] is not None else None,
+    )  # fmt: skip
 
 
 def _study_row(r: Sequence[Any], deliveries: Sequence[DeliveryRow] = ()) -> StudyRow:

@@ -18,6 +18,7 @@ alone; both run after the journal has been replayed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -289,6 +290,52 @@ class RateLimitedLog:
         return True
 
 
+#: ``OSError`` numbers that mean "no room": the disk is full or a quota is reached.
+NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskEpisode:
+    """One error when the spool starts refusing instances for lack of space, one info
+    line when it stores again: not one line per refused image.
+
+    A modality sending 400 images into a full disk gets 400 answers of 0xA700, and the
+    operator needs to read one line that says why (and, later, one that says it is
+    over and how many were refused), not 400.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or log
+        self._lock = threading.Lock()
+        self._refused = 0  # refusals in the current episode; 0: none running
+        self._started = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self._refused > 0
+
+    def refused(self, reason: str, **fields: object) -> None:
+        """An instance was refused for lack of space; logs only the first of an episode."""
+        with self._lock:
+            self._refused += 1
+            first = self._refused == 1
+            if first:
+                self._started = time.monotonic()
+        if first:
+            self.logger.error("store.disk_guard", extra={"reason": reason, **fields})
+
+    def stored(self) -> None:
+        """An instance was stored: ends a running episode (cheap when none runs)."""
+        if not self._refused:
+            return
+        with self._lock:
+            refused, self._refused = self._refused, 0
+            seconds = time.monotonic() - self._started
+        if refused:
+            self.logger.info(
+                "store.space_restored", extra={"refused": refused, "seconds": round(seconds, 1)}
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """What :meth:`Spool.put` did: the index outcome and the file's place."""
@@ -313,7 +360,7 @@ class Spool:
         root.mkdir(parents=True, exist_ok=True)
         self._size_lock = threading.Lock()
         self._size = index.total_size()
-        self.guard_log = RateLimitedLog(60.0)
+        self.guard = DiskEpisode()
         # A crash may have left acknowledged instances only in the journal: replay them
         # before anything else looks at the files (reconcile, reindex, the SCP).
         self.recovery = recover(root / JOURNAL_DIR, root)
@@ -342,14 +389,13 @@ class Spool:
         st = os.statvfs(self.root)
         free = st.f_bavail * st.f_frsize
         if free - incoming < self.min_free_bytes:
-            self.guard_log.warning(
-                "store.disk_guard", reason="free_disk", free_mb=free // MIB,
-                min_free_mb=self.min_free_bytes // MIB,
-            )  # fmt: skip
+            self.guard.refused(
+                "free_disk", free_mb=free // MIB, min_free_mb=self.min_free_bytes // MIB
+            )
             raise SpoolFull("free disk below storage.min_free_disk_mb")
         if self._size + incoming > self.max_spool_bytes:
-            self.guard_log.warning(
-                "store.disk_guard", reason="spool_full", spool_mb=self._size // MIB,
+            self.guard.refused(
+                "spool_full", spool_mb=self._size // MIB,
                 max_spool_mb=self.max_spool_bytes // MIB,
             )  # fmt: skip
             raise SpoolFull("spool above storage.max_spool_gb")
@@ -374,6 +420,26 @@ class Spool:
             rec = self.index.record(self._row(ref, size, received))
             return Stored(ref, rec, final, received)
         self.check_space(size)
+        try:
+            self._write(ref, final, size, header, data)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            # The disk filled under the guard (another writer, a quota): the same answer
+            # and the same one line; the write left no file behind (``write_file``).
+            self.guard.refused("no_space", error=errno.errorcode.get(exc.errno or 0, "?"))
+            raise SpoolFull("no space left on the spool's disk") from exc
+        self.guard.stored()
+        rec = self.index.record(self._row(ref, size, received))
+        if rec.inserted:
+            with self._size_lock:
+                self._size += size
+        return Stored(ref, rec, final, received)
+
+    def _write(
+        self, ref: InstanceRef, final: Path, size: int, header: bytes, data: bytes | memoryview
+    ) -> None:
+        """The file, durably: through the journal when it fits, else fsynced directly."""
         journal = self.journal
         if journal is None or not journal.fits(ref.relpath(), size):
             make_folders(self.root, final.parent)
@@ -392,11 +458,6 @@ class Spool:
                 written = final
             finally:
                 journal.release(ticket, written)
-        rec = self.index.record(self._row(ref, size, received))
-        if rec.inserted:
-            with self._size_lock:
-                self._size += size
-        return Stored(ref, rec, final, received)
 
     def _row(self, ref: InstanceRef, size: int, received: float) -> InstanceRow:
         return InstanceRow(
