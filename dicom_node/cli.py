@@ -128,9 +128,12 @@ def serve(config: ConfigOpt = None) -> None:
     """Receive studies (C-STORE SCP) until SIGTERM or SIGINT, then stop cleanly."""
     from dicom_node.logs import setup_logging
     from dicom_node.service import Service
+    from dicom_node.store.private import restrict_umask, warn_if_root
 
+    restrict_umask()  # before anything is written: every file 0600, every folder 0700
     settings = _settings(config)
     setup_logging(settings.logging.level, fmt=settings.logging.format)
+    warn_if_root()
     service = Service(settings, config)
     try:
         service.start()
@@ -218,9 +221,11 @@ def reindex(config: ConfigOpt = None) -> None:
     """Rebuild the study index from the spool files alone (run with the node stopped)."""
     from dicom_node.logs import setup_logging
     from dicom_node.store.index import Index
+    from dicom_node.store.private import restrict_umask
     from dicom_node.store.spool import Spool
     from dicom_node.store.spool import reindex as do_reindex
 
+    restrict_umask()
     settings = _settings(config)
     setup_logging(settings.logging.level, fmt=settings.logging.format)
     st = settings.storage

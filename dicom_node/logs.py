@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from typing import Final, Literal, TextIO
@@ -93,6 +94,32 @@ class JsonFormatter(logging.Formatter):
 
 LogFormat = Literal["text", "json"]
 
+#: Loggers whose messages are the node's own event names (values go in ``extra``, and
+#: the code that writes them keeps patient data out).
+_OWN: Final = frozenset({"dicom_node", "models", "train"})
+#: A quoted run of text in a library's message.
+_QUOTED: Final = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class WithholdQuoted(logging.Filter):
+    """Replace what a library's message quotes by ``'<withheld>'``.
+
+    Libraries quote the values they complain about: pydicom's validation logs and warns
+    ``Invalid value for VR DA: '1888.02.29'`` for a birth date a device wrote in its own
+    format, and a warning may quote anything it was given. Messages of the node's own
+    loggers pass unchanged; uvicorn's ``color_message`` copy of a message is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        if record.name.split(".", 1)[0] in _OWN:
+            return True
+        message = record.getMessage()
+        withheld = _QUOTED.sub("'<withheld>'", message)
+        if withheld != message:
+            record.msg, record.args = withheld, None
+        return True
+
 
 def quiet_pynetdicom() -> None:
     """Keep pynetdicom's logger at INFO (its DEBUG carries UIDs) and identifiers out.
@@ -115,9 +142,15 @@ def setup_logging(
     level: str = "INFO", stream: TextIO | None = None, fmt: LogFormat = "text"
 ) -> logging.Handler:
     """Install one handler on the root logger, key=value (``text``) or ``json`` lines;
-    returns it (tests remove it)."""
+    returns it (tests remove it).
+
+    Python warnings go through it too (``py.warnings``): one line in the log's format
+    instead of raw text on stderr, and what they quote withheld (:class:`WithholdQuoted`).
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    handler.addFilter(WithholdQuoted())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

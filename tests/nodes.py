@@ -76,6 +76,26 @@ def storescu(
     )
 
 
+def raw_store(port: int, path: Path, calling: str = "RAWSCU", aec: str = NODE_AET) -> int:
+    """Send a file's dataset bytes as they are (pynetdicom chunked mode: never decoded),
+    over a CT Image Storage context in Explicit VR Little Endian; returns the status."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import AE, _config
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+    assert assoc.is_established
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+        assoc.release()
+    return int(status.Status)
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The bytes of a Part 10 file after its File Meta group (what travels on the wire)."""
     data = path.read_bytes()

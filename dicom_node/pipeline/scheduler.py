@@ -35,6 +35,8 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dicom_node.store.private import private_db_file, private_dir
+
 log = logging.getLogger(__name__)
 
 COMPLETE_FUNC: Final = "dicom_node.pipeline.assembly:run_complete_job"
@@ -78,7 +80,8 @@ class StudyScheduler:
         self.quiet_seconds = quiet_seconds
         self.runtime_key = runtime_key
         self.debounce_s = debounce_s
-        jobs_db.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(jobs_db.parent, tighten=False)
+        private_db_file(jobs_db)
         self._jobs_db = jobs_db
         self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{jobs_db}")},

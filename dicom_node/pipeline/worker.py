@@ -43,6 +43,7 @@ from dicom_node.metrics import NodeMetrics
 from dicom_node.results.common import ResultUIDs, result_uids
 from dicom_node.results.report import build_results, warm_up
 from dicom_node.store.index import Index, StudyRow, StudyState
+from dicom_node.store.private import private_dir
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.decode_pool import DecodePool, default_workers
 from models.dicom_io import CTSeries, read_series, scan_headers
@@ -146,6 +147,7 @@ class InferenceWorker:
 
     def start(self) -> None:
         """Requeue interrupted work, queue completed studies, start the two stages."""
+        private_dir(self.results_dir)  # created, or tightened if an older start left it open
         resumed = 0
         for study in self.index.studies(("processing", "complete")):
             if self.index.set_state(

@@ -36,6 +36,7 @@ from dicom_node.results.common import (
 )
 from dicom_node.results.sc import build_sc
 from dicom_node.results.sr import build_sr
+from dicom_node.store.private import open_private, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
 from models.checkpoint import CheckpointMeta
 from models.dicom_io import CTSeries
@@ -76,12 +77,13 @@ class ResultObjects:
         Written to a temporary name and renamed, so a crash never leaves a partial file
         that a later send would pick up.
         """
-        out_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(out_dir)
         paths: dict[str, Path] = {}
         for kind, ds in self.by_kind().items():
             path = out_dir / f"{kind}-{ds.SOPInstanceUID}.dcm"
             tmp = path.with_suffix(".tmp")
-            ds.save_as(tmp, enforce_file_format=True)
+            with open_private(tmp) as fh:
+                ds.save_as(fh, enforce_file_format=True)
             tmp.replace(path)
             paths[kind] = path
         return paths

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal
 
 from dicom_node.errors import NodeError
 from dicom_node.store import series_outcome
+from dicom_node.store.private import private_db_file, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
 
 StudyState = Literal["receiving", "complete", "queued", "processing", "done", "failed", "skipped"]
@@ -272,10 +273,11 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent, tighten=False)
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=30.0
             )
+            private_db_file(path)  # before WAL: SQLite gives -wal and -shm the file's mode
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from dicom_node.store.private import DIR_MODE, FILE_MODE, private_dir
 from dicom_node.store.uids import InvalidUID, check_uid
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def write_file(target: Path, parts: Sequence[bytes | memoryview], *, durable: bo
     and the folder after it; otherwise durability comes from the journal record.
     """
     tmp = target.parent / f".{target.stem}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         _write_all(fd, parts)
         if durable:
@@ -133,7 +134,7 @@ def make_folders(root: Path, folder: Path, *, durable: bool = True) -> None:
         return
     for d in (folder.parent, folder):
         if not d.is_dir():
-            d.mkdir(exist_ok=True)
+            d.mkdir(mode=DIR_MODE, exist_ok=True)
             if durable:
                 fsync_dir(d.parent)
 
@@ -203,7 +204,7 @@ class Journal:
         self.max_record = self.segment_bytes // 4
         self.idle_checkpoint_s = idle_checkpoint_s
         self.stats = JournalStats()
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         if any(folder.glob("seg-*.wal")):
             raise RuntimeError("journal not recovered: run recover() before opening it")
         # One lock, two conditions: stores waiting for a flush are woken only by flushes,
@@ -248,7 +249,7 @@ class Journal:
             reuse.replace(path)
         else:
             tmp = self.folder / f".new-{seq}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
             try:
                 zeros = bytes(_ZERO_CHUNK)
                 for _ in range(self.segment_bytes // _ZERO_CHUNK):

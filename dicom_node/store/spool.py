@@ -47,6 +47,7 @@ from pydicom.uid import (
 from dicom_node.errors import NodeError
 from dicom_node.store.index import Index, InstanceRow, Recorded
 from dicom_node.store.journal import Journal, make_folders, recover, write_file
+from dicom_node.store.private import private_dir
 from dicom_node.store.uid_scan import (
     SERIES_UID,
     SOP_CLASS_UID,
@@ -357,7 +358,7 @@ class Spool:
         self.index = index
         self.min_free_bytes = int(min_free_mb * MIB)
         self.max_spool_bytes = int(max_spool_gb * GIB)
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
         self._size_lock = threading.Lock()
         self._size = index.total_size()
         self.guard = DiskEpisode()

@@ -17,6 +17,7 @@ from nodes import (
     Node,
     dataset_bytes,
     make_study,
+    raw_store,
     storescu,
     wait_for,
 )
@@ -186,24 +187,6 @@ def test_study_without_ct_is_accepted_then_skipped_with_reason(
     assert "Secondary Capture" in study.reason
 
 
-def _raw_store(port: int, path: Path, calling: str = "RAWSCU") -> int:
-    """Send a file's dataset bytes as they are (pynetdicom chunked mode: never decoded)."""
-    from pynetdicom import _config
-
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.is_established
-    old = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = old
-        assoc.release()
-    return int(status.Status)
-
-
 def _file_with_body(path: Path, body: bytes, sop_uid: str) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -225,7 +208,7 @@ def test_corrupt_and_hostile_instances_never_crash_the_node(
     garbage = _file_with_body(
         tmp_path / "garbage.dcm", b"\x08\x00\x16\x00UI\xff\xff" + bytes(50), sop
     )
-    assert _raw_store(node.port, garbage) in (0xC000, 0xA900)
+    assert raw_store(node.port, garbage) in (0xC000, 0xA900)
     # A syntactically fine dataset whose Study UID would climb out of the spool.
     good = dcmread(phantom.main.files[0])
     hostile = tmp_path / "hostile.dcm"
@@ -237,7 +220,7 @@ def test_corrupt_and_hostile_instances_never_crash_the_node(
         good.save_as(hostile, enforce_file_format=True)
     finally:
         settings.reading_validation_mode, settings.writing_validation_mode = old
-    assert _raw_store(node.port, hostile) == 0xC000
+    assert raw_store(node.port, hostile) == 0xC000
     assert not any("etc" in p.parts for p in (node.root / "spool").rglob("*"))
     # The node still works.
     assert storescu(node.port, phantom.main.files).returncode == 0
