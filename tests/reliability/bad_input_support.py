@@ -334,13 +334,13 @@ def _build(root: Path, seed: int) -> list[Kind]:
         files.append(folder / fname)
         wires.append(Wire(str(CTImageStorage), generate_uid(), str(ExplicitVRLittleEndian), blob))
     add(name="non_dicom_bytes", what="random, HTML, zero, empty and PNG bytes as CT datasets",
-        files=files, wire=wires, status=CANNOT_UNDERSTAND, refusal="is missing|undecodable",
+        files=files, wire=wires, status=CANNOT_UNDERSTAND, refusal="not a DICOM dataset",
         classify="unreadable")  # fmt: skip
 
     wires = [Wire(str(CTImageStorage), generate_uid(), str(DeflatedExplicitVRLittleEndian),
                   rng.bytes(800))]  # fmt: skip
     add(name="bad_deflate", what="Deflated transfer syntax, body not a deflate stream",
-        files=[], wire=wires, status=CANNOT_UNDERSTAND, refusal="undecodable")  # fmt: skip
+        files=[], wire=wires, status=CANNOT_UNDERSTAND, refusal="corrupt deflate stream")  # fmt: skip
 
     # ---- UIDs
     for name, bad_uid in (

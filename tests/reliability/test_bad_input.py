@@ -38,6 +38,7 @@ from reliability.bad_input_support import (
     send_storescu,
     status_text,
 )
+from ctfactory import SENTINEL_ID, SENTINEL_NAME
 from nodes import ServeProcess
 from pipeline.support import make_checkpoint, pipeline_config, study_state
 
@@ -185,6 +186,9 @@ def test_bad_input_corpus(corpus: list[Kind], tmp_path: Path) -> None:
     problems = []
     for kind in corpus:
         problems += _check(kind, outcomes[kind.name])
+    text = node.log.read_text(encoding="utf-8", errors="replace")
+    for secret in (SENTINEL_NAME, SENTINEL_ID):  # error paths included: no patient data
+        assert secret not in text, f"{secret} reached the node's log"
     lost = acked - spool
     assert not lost, f"{len(lost)} acknowledged instances missing from the spool"
     assert rss_peak < RSS_BOUND_KIB, f"peak RSS {rss_peak} KiB"
