@@ -19,8 +19,10 @@ import io
 import os
 import re
 import subprocess
+import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from nodes import DCMCJPEG, NODE_AET, run_tool, storescu
 from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -141,9 +144,9 @@ def wire_of(path: Path, body: bytes | None = None) -> Wire:
 
 def _part10_prefix(sop_class: str, sop_uid: str, ts: str) -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ts
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(ts)
     ds = Dataset()
     ds.file_meta = meta
     buf = io.BytesIO()
@@ -154,17 +157,20 @@ def _part10_prefix(sop_class: str, sop_uid: str, ts: str) -> bytes:
     return data[: 128 + 4 + 12 + int.from_bytes(data[140:144], "little")]
 
 
-class _lenient:  # noqa: N801 - a context manager used like a function
-    """pydicom writes and reads values as given (hostile UIDs must reach the wire)."""
-
-    def __enter__(self) -> None:
-        s = pydicom.config.settings
-        self._old = (s.reading_validation_mode, s.writing_validation_mode)
-        s.reading_validation_mode = s.writing_validation_mode = pydicom.config.IGNORE
-
-    def __exit__(self, *exc: object) -> None:
-        s = pydicom.config.settings
-        s.reading_validation_mode, s.writing_validation_mode = self._old
+@contextmanager
+def _lenient() -> Iterator[None]:
+    """pydicom writes and reads values as given (hostile UIDs must reach the wire), and
+    its other warnings (implicit VR under an explicit syntax...) do not become errors
+    under pytest's filterwarnings and change what is sent."""
+    settings = pydicom.config.settings
+    old = (settings.reading_validation_mode, settings.writing_validation_mode)
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = old
 
 
 def save(ds: Dataset, path: Path) -> Path:
@@ -340,7 +346,8 @@ def _build(root: Path, seed: int) -> list[Kind]:
     wires = [Wire(str(CTImageStorage), generate_uid(), str(DeflatedExplicitVRLittleEndian),
                   rng.bytes(800))]  # fmt: skip
     add(name="bad_deflate", what="Deflated transfer syntax, body not a deflate stream",
-        files=[], wire=wires, status=CANNOT_UNDERSTAND, refusal="corrupt deflate stream")  # fmt: skip
+        files=[], wire=wires, status=CANNOT_UNDERSTAND,
+        refusal="corrupt deflate stream")  # fmt: skip
 
     # ---- UIDs
     for name, bad_uid in (
@@ -484,14 +491,14 @@ def _build(root: Path, seed: int) -> list[Kind]:
         files=paths, use_storescu=True, study_uid=study, status=SUCCESS, state="skipped",
         reason="axial|coronal", classify="skipped")  # fmt: skip
     tilt = np.deg2rad(20.0)
-    study, paths = series("gantry_tilt_20",
-                          orientation=(1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt))))  # fmt: skip
+    tilted = (1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt)))
+    study, paths = series("gantry_tilt_20", orientation=tilted)
     add(name="gantry_tilt_20", what="axial series acquired with 20 degrees gantry tilt",
         files=paths, use_storescu=True, study_uid=study, status=SUCCESS, state="done",
         classify="findings")  # fmt: skip
     tilt = np.deg2rad(60.0)
-    study, paths = series("gantry_tilt_60",
-                          orientation=(1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt))))  # fmt: skip
+    tilted = (1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt)))
+    study, paths = series("gantry_tilt_60", orientation=tilted)
     add(name="tilt_60_degrees", what="orientation 60 degrees off axial", files=paths,
         use_storescu=True, study_uid=study, status=SUCCESS, state="skipped",
         reason="axial", classify="skipped")  # fmt: skip
@@ -584,7 +591,7 @@ def pydicom_wire(path: Path) -> Wire:
     except Exception:  # noqa: BLE001 - anything that is not a readable Part 10 header
         meta, offset, parts = None, 0, (None, None, None)
     if all(parts):
-        return Wire(*(str(p) for p in parts), data[offset:])
+        return Wire(str(parts[0]), str(parts[1]), str(parts[2]), data[offset:])
     # a File Meta without the command's UIDs: take them from the dataset, as a sender would
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)

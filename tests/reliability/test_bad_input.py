@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ctfactory import SENTINEL_ID, SENTINEL_NAME
+from nodes import ServeProcess
+from pipeline.support import make_checkpoint, pipeline_config, study_state
 from reliability.bad_input_support import (
     CANNOT_UNDERSTAND,
     DEFINED_STATUSES,
     MISMATCH,
+    NOT_SENT,
     SUCCESS,
     TERMINAL,
-    NOT_SENT,
     Kind,
     build_corpus,
     echo,
@@ -38,9 +41,6 @@ from reliability.bad_input_support import (
     send_storescu,
     status_text,
 )
-from ctfactory import SENTINEL_ID, SENTINEL_NAME
-from nodes import ServeProcess
-from pipeline.support import make_checkpoint, pipeline_config, study_state
 
 #: A guard, not a target: the node with torch and a resnet18 loaded sits near 0.6 GiB.
 RSS_BOUND_KIB = 3 * 1024 * 1024
@@ -60,7 +60,7 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Kind]:
-    return build_corpus(tmp_path_factory.mktemp("corpus"), seed=13)
+    return list(build_corpus(tmp_path_factory.mktemp("corpus"), seed=13))
 
 
 def _sop_of_storescu(path: Path) -> str:
@@ -95,12 +95,12 @@ def _classify(kinds: list[Kind], checkpoint: Path, work: Path) -> dict[Path, str
         by_study[study["study_uid"]] = (
             "findings" if study["findings"] is not None
             else skipped if skipped.startswith("failed: ")
-            else _with_series(f"skipped: {skipped}", study["series_choice"])
+            else str(_with_series(f"skipped: {skipped}", study["series_choice"]))
         )  # fmt: skip
     out: dict[Path, str] = {}
     for entry in report["unreadable"]:
         out[links[Path(entry["path"])]] = f"unreadable: {entry['reason']}"
-    for link, src in links.items():
+    for src in links.values():
         if src not in out:
             uids = _study_uids_of([src])
             if uids and uids[0] in by_study:
@@ -153,7 +153,9 @@ def test_bad_input_corpus(corpus: list[Kind], tmp_path: Path) -> None:
             if all(s is not None and s["state"] in TERMINAL for s in states.values()):
                 break
             assert time.monotonic() < deadline, {
-                u: s and s["state"] for u, s in states.items() if not s or s["state"] not in TERMINAL
+                u: s and s["state"]
+                for u, s in states.items()
+                if not s or s["state"] not in TERMINAL
             }
             time.sleep(0.5)
         rss_end, rss_peak = rss_kib(node.proc.pid)
@@ -196,8 +198,10 @@ def test_bad_input_corpus(corpus: list[Kind], tmp_path: Path) -> None:
 
 
 #: The node's log line for a refused C-STORE: its status and reason.
-_REFUSAL = re.compile(r'event=store\.(?:rejected|failed) status=0x[0-9A-F]{4} error="([^"]*)"'
-                      r'|event=store\.failed stage=\S+ error=(\S+)')
+_REFUSAL = re.compile(
+    r'event=store\.(?:rejected|failed) status=0x[0-9A-F]{4} error="([^"]*)"'
+    r"|event=store\.failed stage=\S+ error=(\S+)"
+)
 
 
 class _LogTail:
@@ -225,7 +229,9 @@ def _series_choice(db: Path, study_uid: str) -> list[dict[str, Any]]:
         ).fetchone()
     finally:
         con.close()
-    return list(json.loads(row[0])) if row and row[0] else []
+    if not row or not row[0]:
+        return []
+    return [dict(item) for item in json.loads(row[0])]
 
 
 def _with_series(reason: str | None, series: list[dict[str, Any]]) -> str | None:
@@ -239,11 +245,11 @@ def _with_series(reason: str | None, series: list[dict[str, Any]]) -> str | None
 
 def _storescu_status(response: str) -> int:
     if response == "Success":
-        return SUCCESS
+        return int(SUCCESS)
     if response == "not sent":
-        return NOT_SENT
+        return int(NOT_SENT)
     found = re.search(r"0x([0-9A-Fa-f]{4})", response)
-    return int(found.group(1), 16) if found else CANNOT_UNDERSTAND
+    return int(str(found.group(1)), 16) if found else CANNOT_UNDERSTAND
 
 
 def _accepted_studies(db: Path) -> list[str]:
@@ -268,7 +274,7 @@ def _study_uids_of(files: list[Path]) -> list[str]:
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
                 uids.append(str(ds.StudyInstanceUID))
-        except Exception:  # noqa: BLE001,S112 - not a dataset: no study
+        except Exception:  # noqa: BLE001 - not a dataset: no study
             continue
     return uids
 
@@ -317,9 +323,10 @@ def _table(
 
     crafted = [k for k in corpus if not k.from_pydicom]
     shipped = [k for k in corpus if k.from_pydicom]
+    n_items = sum(len(k.files) or len(k.wire) for k in crafted)
     lines = [
-        f"Corpus: {len(crafted)} generated kinds ({sum(len(k.files) or len(k.wire) for k in crafted)}"
-        f" files or datasets) and {len(shipped)} files shipped with pydicom "
+        f"Corpus: {len(crafted)} generated kinds ({n_items} files or datasets) and "
+        f"{len(shipped)} files shipped with pydicom "
         f"{__import__('pydicom').__version__}; {acked} instances acknowledged with Success, "
         "0 missing from the spool; C-ECHO answered after the corpus.",
         "",
