@@ -54,6 +54,9 @@ NO_CONTEXT = -1
 NO_ASSOCIATION = -2
 #: storescu's outcome for a file it could not read or send (nothing reached the node).
 NOT_SENT = -3
+#: ``send_raw``'s answer when the receiver aborted or dropped the association instead of
+#: answering the C-STORE.
+ABORTED = -4
 TERMINAL = ("done", "skipped", "failed")
 
 
@@ -66,6 +69,8 @@ def status_text(status: int | None) -> str:
         return "association refused"
     if status == NOT_SENT:
         return "not sent (storescu cannot read it)"
+    if status == ABORTED:
+        return "aborted, no response"
     return {SUCCESS: "0x0000 Success"}.get(status, f"0x{status:04X}")
 
 
@@ -211,7 +216,7 @@ def send_raw(port: int, item: Wire, scratch: Path, calling: str = "BADINPUT") ->
         _config.STORE_SEND_CHUNKED_DATASET = old
     assoc.release()
     if "Status" not in status:
-        return NO_ASSOCIATION  # no response: aborted or timed out
+        return ABORTED  # no response: aborted, dropped or timed out
     return int(status.Status)
 
 
