@@ -515,6 +515,23 @@ def _build(root: Path, seed: int) -> list[Kind]:
         use_storescu=True, study_uid=study, status=SUCCESS, state="skipped",
         reason="(?i)position", classify="(?i)skipped.*position")  # fmt: skip
 
+    # ---- patient data pydicom would quote if it validated it (must never reach a log)
+    study, paths = series("invalid_patient_module")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientName = f"{ds.PatientName}{'X' * 80}^\\bad"  # over-long, backslash
+        ds.PatientID = f"{ds.PatientID}{'9' * 80}"  # LO over 64 characters
+        ds.PatientBirthDate = "00000000"  # written by real modalities for "unknown"
+        ds.PatientSex = "Male"
+        ds.StudyDate = "2024-01-02"
+        ds.AccessionNumber = "ACC" * 10
+        save(ds, p)
+    add(name="invalid_patient_module", what="valid CT series whose PatientName (over-long, "
+        "two values), PatientID, birth date 00000000, sex 'Male', study date and accession "
+        "break their VRs",
+        files=paths, use_storescu=True, study_uid=study, status=SUCCESS, state="done",
+        classify="findings")  # fmt: skip
+
     # ---- private tags
     study, paths = series("long_private_tag")
     for p in paths:
