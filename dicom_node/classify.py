@@ -53,16 +53,35 @@ class StudyResult:
         }
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """A file under the path that is not a DICOM instance the scan could place."""
+
+    path: Path
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": str(self.path), "reason": self.reason}
+
+
 def classify_path(
-    path: Path, predictor: Predictor, rules: Sequence[SeriesRule] = ()
+    path: Path,
+    predictor: Predictor,
+    rules: Sequence[SeriesRule] = (),
+    unreadable: list[Unreadable] | None = None,
 ) -> Iterator[StudyResult]:
     """Classify every study found under ``path`` (a file or a folder), one at a time.
 
     ``rules``: the site's series-choice rules (``series_choice.rules`` in the config).
+    ``unreadable`` (if given) receives the files that are not DICOM instances, with
+    why, before the first study is yielded: without them a folder of such files would
+    just look empty.
     Compressed series are decoded by one set of helper processes for the whole run
     (started with the first such series), not a new set per study.
     """
     scan = scan_headers(iter_dicom_files(path), extra_tags=rule_keywords(rules))
+    if unreadable is not None:
+        unreadable.extend(Unreadable(p, scan.why.get(p, "unreadable")) for p in scan.unreadable)
     workers = default_workers()
     with ExitStack() as stack:
         pool = stack.enter_context(DecodePool(workers)) if workers > 1 else None

@@ -74,7 +74,7 @@ def classify(
     ] = None,
 ) -> None:
     """Classify the studies under PATH offline (no network) and print the findings."""
-    from dicom_node.classify import classify_path
+    from dicom_node.classify import Unreadable, classify_path
     from models.predict import Predictor
 
     settings = _settings(config)
@@ -93,9 +93,16 @@ def classify(
     except ModelsError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    results = list(classify_path(path, predictor, settings.series_choice.series_rules()))
+    unreadable: list[Unreadable] = []
+    results = list(
+        classify_path(path, predictor, settings.series_choice.series_rules(), unreadable)
+    )
     if as_json:
-        sys.stdout.write(json.dumps({"studies": [r.to_json() for r in results]}, indent=2) + "\n")
+        report = {
+            "studies": [r.to_json() for r in results],
+            "unreadable": [u.to_json() for u in unreadable],
+        }
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     out = Console()
     if predictor.meta.demo:
@@ -119,6 +126,8 @@ def classify(
                 out.print(f"[cyan]{r.prediction.slabs.describe()}[/]")
         if r.series_choice:
             out.print(_series_table(f"series of study {r.study_uid}", r.series_choice))
+    for u in unreadable:
+        out.print(f"{escape(str(u.path))}: [yellow]not read[/] ({escape(u.reason)})")
     if not results:
         out.print(f"no DICOM studies found under {path}")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -122,6 +123,8 @@ def raw_pixels(ds: Dataset) -> NDArray[np.integer] | NDArray[np.floating]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     bits_alloc = int(ds.get("BitsAllocated", 16))
     bits_stored = int(ds.get("BitsStored", bits_alloc))
+    if not 1 <= bits_stored <= bits_alloc:  # PS3.3 C.7.6.3.1: never more than allocated
+        raise SeriesError(f"BitsStored {bits_stored} does not fit BitsAllocated {bits_alloc}")
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     if is_native(ds) and bits_alloc == 16 and int(ds.get("NumberOfFrames") or 1) == 1:
         buf = ds.PixelData
@@ -202,6 +205,28 @@ def _float(value: object) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def read_instance(path: Path, **kwargs: object) -> Dataset:
+    """``dcmread``, also of a bare dataset (no preamble, no File Meta: old archives write
+    them, dcmtk and the node's receiver accept them); its transfer syntax, which only a
+    File Meta states, is put there from the encoding pydicom found."""
+    try:
+        return pydicom.dcmread(path, **kwargs)  # type: ignore[arg-type]
+    except InvalidDicomError:
+        with warnings.catch_warnings():  # forced reading of non-DICOM bytes warns a lot
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, **kwargs)  # type: ignore[arg-type]
+    if len(ds) == 0 or "SOPClassUID" not in ds:  # force=True reads anything; not an instance
+        raise InvalidDicomError("not a DICOM file or dataset")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = getattr(ds, "original_encoding", (None, None))
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit and little
+            else ExplicitVRLittleEndian if little
+            else ExplicitVRBigEndian
+        )  # fmt: skip
+    return ds
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedSlice:
     """One slice in HU, whether the RSNA quirk was corrected, whether it was cheap."""
@@ -220,7 +245,7 @@ def decode_slice(
     The message names the problem, not the slice: callers prefix which slice it was.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = read_instance(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise SeriesError(f"file cannot be read ({type(exc).__name__})") from exc
     try:

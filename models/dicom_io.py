@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -23,6 +22,7 @@ from pydicom.sequence import Sequence as DicomSequence
 
 from models.decode import HU_MAX as HU_MAX  # re-exported: callers read them here
 from models.decode import HU_MIN as HU_MIN
+from models.decode import read_instance
 from models.decode import stored_to_hu as stored_to_hu
 from models.decode_pool import DecodePool, decode_series
 from models.enhanced_ct import (
@@ -218,6 +218,8 @@ class ScanResult:
 
     headers: list[InstanceHeader] = field(default_factory=list)
     unreadable: list[Path] = field(default_factory=list)
+    #: Why each unreadable file was not read, in words (no values from the file).
+    why: dict[Path, str] = field(default_factory=dict)
 
 
 def scan_headers(paths: Iterable[Path], extra_tags: Iterable[str] = ()) -> ScanResult:
@@ -231,11 +233,13 @@ def scan_headers(paths: Iterable[Path], extra_tags: Iterable[str] = ()) -> ScanR
     result = ScanResult()
     for path in paths:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
+            ds = read_instance(path, stop_before_pixels=True, specific_tags=tags)
             header = InstanceHeader.from_dataset(ds, path, extra)
             result.headers.extend(frame_headers(header, ds))
-        except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError):
+        except (InvalidDicomError, SeriesError, OSError, ValueError, TypeError, EOFError,
+                AttributeError, KeyError, NotImplementedError) as exc:  # fmt: skip
             result.unreadable.append(path)
+            result.why[path] = _unreadable_reason(exc)
     if result.unreadable:
         log.info("scan.unreadable", extra={"n": len(result.unreadable)})
     return result
@@ -280,6 +284,19 @@ def frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader]:
         )
         for f in frames
     ]
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Why a file was not read, without quoting it (pydicom's messages may hold values)."""
+    if isinstance(exc, SeriesError):
+        return "missing Study, Series or SOP Instance UID"
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no 'DICM' prefix after a preamble, nor a dataset)"
+    if isinstance(exc, EOFError):
+        return "file ends inside the DICOM header (truncated)"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({type(exc).__name__})"
+    return f"undecodable DICOM header ({type(exc).__name__})"
 
 
 def slice_normal(orientation: Sequence[float]) -> NDArray[np.float64]:

@@ -17,7 +17,9 @@ from typing import Final
 
 from highdicom import ContributingEquipment
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 from dicom_node import __version__ as NODE_VERSION
 from dicom_node.errors import PermanentError
@@ -244,7 +246,36 @@ def identity_header(source: Dataset) -> Dataset:
     for kw in _TYPE2_IDENTITY:
         if kw not in header:
             setattr(header, kw, "")
+    _blank_unparseable(header)
     return header
+
+
+#: Identity attributes highdicom parses when it builds a result (dates and times).
+_PARSED: Final = (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM))
+
+
+def _blank_unparseable(header: Dataset) -> None:
+    """Write empty (type 2) the identity values highdicom would refuse to build with.
+
+    Modalities send birth dates like ``00000000``, sexes like ``Male``, names with a
+    backslash (two values in a PN of VM 1): highdicom raises on each, and the study
+    would lose its result over a demographic field the result only copies. The values
+    are dropped from the result, never logged.
+    """
+    for kw, parse in _PARSED:
+        value = header.get(kw)
+        if value in (None, ""):
+            continue
+        try:
+            parse(str(value))
+        except (ValueError, TypeError, OverflowError):
+            setattr(header, kw, "")
+    if str(header.get("PatientSex") or "") not in ("", "M", "F", "O"):
+        header.PatientSex = ""
+    for kw in ("PatientName", "ReferringPhysicianName"):
+        value = header.get(kw)
+        if isinstance(value, MultiValue):
+            setattr(header, kw, value[0] if len(value) else "")
 
 
 def evidence_stub(source: Dataset) -> Dataset:

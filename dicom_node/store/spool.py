@@ -120,6 +120,14 @@ def _make_ref(raw_values: Mapping[int, object], transfer_syntax: str) -> Instanc
     whether a header walk or pydicom read them; each is checked before it can name a
     path."""
 
+    if not any(raw_values.get(tag) is not None for tag in WANTED):
+        # nothing found: saying only "Study Instance UID is missing" would hide that the
+        # bytes were no dataset at all (text, an image file, zeros) or one cut short
+        raise InvalidUID(
+            "no SOP Class, SOP Instance, Study or Series UID found: not a DICOM dataset, "
+            "or one cut short or corrupt before them"
+        )
+
     def uid(tag: int, what: str) -> str:
         value = raw_values.get(tag)
         if value is None:
@@ -221,8 +229,10 @@ def parse_dataset(
     except InvalidUID as exc:
         raise BadInstance(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, NotImplementedError, zlib.error, struct.error) as exc:  # fmt: skip
+            AttributeError, NotImplementedError, struct.error) as exc:  # fmt: skip
         raise BadInstance(f"undecodable dataset ({type(exc).__name__})") from exc
+    except zlib.error as exc:  # its class is called "error": say what it is
+        raise BadInstance("undecodable dataset (corrupt deflate stream)") from exc
     return _matching_command(ref, command_sop_class, command_sop_instance)
 
 
