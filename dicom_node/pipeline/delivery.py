@@ -39,6 +39,7 @@ from dicom_node.net.scu import ScuTimeouts, backoff_seconds, send
 from dicom_node.net.stow import store
 from dicom_node.pipeline.runtimes import Runtimes
 from dicom_node.pipeline.scheduler import job_key
+from dicom_node.store import study_marker
 from dicom_node.store.index import DeliveryRow, DeliveryState, Index
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,11 @@ class Deliverer:
         *,
         runtime_key: str,
         hash_key: str,
+        results_dir: Path | None = None,
     ) -> None:
         self.index = index
+        #: where each study's durable state marker is kept (None: no markers)
+        self.results_dir = results_dir
         self.scheduler = scheduler
         self.channels = {c.name: c for c in channels}
         self.runtime_key = runtime_key
@@ -261,6 +265,9 @@ class Deliverer:
         self.index.set_delivery(
             row.study_uid, row.destination, row.generation, state, attempts, error
         )
+        if self.results_dir is not None:
+            # a sent result stays sent even if the index is lost (reindex reads it back)
+            study_marker.save(self.index, self.results_dir, row.study_uid)
         fields: dict[str, object] = {
             "study": key,
             "destination": row.destination,

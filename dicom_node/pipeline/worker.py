@@ -42,6 +42,7 @@ from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
 from dicom_node.results.common import ResultUIDs, result_uids
 from dicom_node.results.report import build_results, warm_up
+from dicom_node.store import study_marker
 from dicom_node.store.index import Index, StudyRow, StudyState
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
 from models.decode_pool import DecodePool, default_workers
@@ -379,6 +380,9 @@ class InferenceWorker:
             "generation": study.generation,
             "series_uid": pred.series_uid,
             "n_slices": p.n_source_slices,
+            # every instance of the study this result was made from (reindex compares it
+            # with the spool: more files there means the study changed after the result)
+            "instances": study.instances,
             "slabs": pred.slabs.to_json() if pred.slabs is not None else None,
             "top_slices": pred.top_slices(),
             "uids": asdict(objects.uids),
@@ -400,6 +404,7 @@ class InferenceWorker:
                 extra={"study": study_key(study.study_uid, self.hash_key)},
             )
             return
+        study_marker.save(self.index, self.results_dir, study.study_uid)
         if self.metrics is not None:
             self.metrics.classified(pred.findings(), inference_s=t1 - t0, build_s=t2 - t1)
         log.info(

@@ -186,9 +186,7 @@ def pacs_results(orthanc: Orthanc, study_uid: str) -> PacsStudy:
     found = orthanc.request(
         "POST",
         "/tools/find",
-        (
-            b'{"Level": "Instance", "Query": {"StudyInstanceUID": "%s"}}' % study_uid.encode()
-        ),
+        (b'{"Level": "Instance", "Query": {"StudyInstanceUID": "%s"}}' % study_uid.encode()),
     )
     srs: dict[str, set[str]] = {}
     scs: dict[str, set[str]] = {}

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,8 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
-from reliability.crash_support import ResendingSender, index_rows, lost_instances, pacs_results
-from nodes import ServeProcess, wait_for
+from nodes import PEER_ENV, ServeProcess, storescu, wait_for
 from peers import free_port
 from pipeline.support import (
     destination,
@@ -43,6 +44,10 @@ from pipeline.support import (
     pipeline_config,
     running_orthanc,
 )
+from reliability.crash_support import ResendingSender, index_rows, lost_instances, pacs_results
+from typer.testing import CliRunner
+
+from dicom_node.cli import app
 
 KILLS = int(os.environ.get("RELIABILITY_KILLS", "20"))
 SEED = int(os.environ.get("RELIABILITY_SEED", "1313"))
@@ -261,3 +266,117 @@ def test_kill9_campaign_loses_nothing_and_delivers_once(
     # the campaign reached the node in each of its moments at least once
     assert observed["inference"] + observed["build/save"] >= 1, observed
     assert observed["receive"] >= 1, observed
+
+
+# -- the index lost or damaged while the node was stopped -----------------------------------
+
+
+def _damage(index_db: Path, how: str, rng: random.Random) -> None:
+    """Delete, truncate or overwrite random bytes of the index (node stopped, WAL merged)."""
+    for suffix in ("-wal", "-shm"):
+        side = index_db.with_name(index_db.name + suffix)
+        if how == "deleted" and side.exists():
+            side.unlink()
+    if how == "deleted":
+        index_db.unlink()
+    elif how == "truncated":
+        with index_db.open("r+b") as fh:
+            fh.truncate(index_db.stat().st_size // 2)
+    else:  # random bytes over 8 random places past the 100-byte header
+        data = bytearray(index_db.read_bytes())
+        for _ in range(8):
+            at = rng.randrange(100, len(data) - 512)
+            data[at : at + 512] = rng.randbytes(512)
+        index_db.write_bytes(bytes(data))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("how", ["deleted", "truncated", "corrupted"])
+def test_lost_index_refuses_start_and_reindex_recovers_state(
+    tmp_path: Path, crash_checkpoint: Path, how: str
+) -> None:
+    """Two studies processed and delivered, a third received only; the index is then
+    deleted, truncated or overwritten with random bytes while the node is stopped. The
+    node refuses to start, naming ``reindex``; after ``reindex`` and a restart every
+    study is back: the delivered ones ``done`` with the same result and not sent again,
+    the third processed and delivered once."""
+    rng = random.Random(f"{SEED}-{how}")
+    done_studies = [phantom(tmp_path / f"d{i}", seed=1400 + i, n_slices=SLICES) for i in range(2)]
+    late = phantom(tmp_path / "late", seed=1410, n_slices=SLICES)
+    with running_orthanc(tmp_path / "orthanc") as orthanc:
+        root = tmp_path / "site"
+        root.mkdir()
+        dest = destination(orthanc.dicom_port, ae_title=orthanc.aet)
+        cfg = pipeline_config(root, crash_checkpoint, [dest], web={"enabled": False})
+        index_db = root / "index.sqlite"
+        log = root / "serve.log"
+
+        def row(uid: str) -> dict[str, Any] | None:
+            return next((r for r in index_rows(index_db) if r["study_uid"] == uid), None)
+
+        def delivered(uid: str) -> bool:
+            r = row(uid)
+            return r is not None and r["deliveries"].get("pacs", ("", 0))[0] == "sent"
+
+        node = ServeProcess(cfg, log)
+        try:
+            for study in done_studies:
+                assert storescu(node.port, study.main.files).returncode == 0
+            for study in done_studies:
+                wait_for(lambda u=study.study_uid: delivered(u), 120, "results delivered")
+        finally:
+            assert node.stop() == 0
+        # the third study arrives while inference is off: received and complete, no result
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        data["inference"]["enabled"] = False
+        cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+        node = ServeProcess(cfg, log)
+        try:
+            assert storescu(node.port, late.main.files).returncode == 0
+            wait_for(
+                lambda: (r := row(late.study_uid)) is not None and r["state"] == "complete",
+                60,
+                "the third study complete",
+            )
+        finally:
+            assert node.stop() == 0
+        before = {s.study_uid: row(s.study_uid) for s in done_studies}
+        held_before = {s.study_uid: pacs_results(orthanc, s.study_uid) for s in done_studies}
+        _damage(index_db, how, rng)
+
+        refused = subprocess.run(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
+            capture_output=True, text=True, timeout=120, env=PEER_ENV, check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0, refused.stdout
+        message = " ".join(refused.stderr.split())
+        assert "dicom-node reindex" in message, message
+        assert "listening on" not in refused.stdout
+
+        rebuilt = CliRunner().invoke(app, ["reindex", "--config", str(cfg)])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert f"reindexed {3 * SLICES} instances in 3 studies" in rebuilt.stdout
+        assert "restored for 2 (done)" in rebuilt.stdout
+        data["inference"]["enabled"] = True
+        cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
+        offset = log.stat().st_size
+        node = ServeProcess(cfg, log)
+        try:
+            wait_for(lambda: delivered(late.study_uid), 120, "the third study delivered")
+        finally:
+            assert node.stop() == 0
+        after_log = log.read_text(encoding="utf-8")[offset:]
+        for study in done_studies:
+            got = row(study.study_uid)
+            assert got is not None
+            assert before[study.study_uid] is not None
+            assert got["state"] == "done"
+            assert got["generation"] == before[study.study_uid]["generation"]
+            assert got["result"] == before[study.study_uid]["result"]
+            assert got["deliveries"] == before[study.study_uid]["deliveries"]
+            assert pacs_results(orthanc, study.study_uid) == held_before[study.study_uid]
+        # after the reindex one delivery attempt only: the third study's
+        assert after_log.count("event=delivery.attempt") == 1, after_log
+        assert row(late.study_uid)["instances"] == SLICES  # type: ignore[index]
+        held = pacs_results(orthanc, late.study_uid)
+        assert len(held.current_srs) == len(held.srs) == 1
