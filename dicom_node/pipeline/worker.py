@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pydicom
 import torch
@@ -364,6 +364,9 @@ class InferenceWorker:
             # name themselves as their own predecessor.
             before = previous.get("supersedes")
             supersedes = ResultUIDs(**before) if before else None
+            earlier = _lineage(previous)
+        else:
+            earlier = [*_lineage(previous), supersedes] if previous and supersedes else []
         objects = build_results(
             pred,
             p.sources,
@@ -372,6 +375,7 @@ class InferenceWorker:
             generation=study.generation,
             supersedes=supersedes,
             series_choice=p.series_choice,
+            earlier=earlier,
         )
         paths = objects.save(self.results_dir / study.study_uid / f"g{study.generation}")
         t2 = time.perf_counter()
@@ -387,6 +391,9 @@ class InferenceWorker:
             "top_slices": pred.top_slices(),
             "uids": asdict(objects.uids),
             "supersedes": asdict(supersedes) if supersedes is not None else None,
+            # every earlier result, oldest first: all are named as superseded (a PACS may
+            # hold one whose successor never reached it)
+            "lineage": [asdict(u) for u in earlier],
             "files": {kind: str(path) for kind, path in paths.items()},
             "model_uid": self.predictor.meta.model_uid,
             "model_name": self.predictor.meta.name,
@@ -429,3 +436,14 @@ class InferenceWorker:
             generation=study.generation,
         ):
             log.warning("study.finished", extra={"study": key, "state": state, "reason": reason})
+
+
+def _lineage(result: dict[str, Any] | None) -> list[ResultUIDs]:
+    """The earlier results a recorded result named (records made before ``lineage`` was
+    kept name only the one they superseded)."""
+    if result is None:
+        return []
+    items = result.get("lineage")
+    if items is None:
+        items = [result["supersedes"]] if result.get("supersedes") else []
+    return [ResultUIDs(**item) for item in items]

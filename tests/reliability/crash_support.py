@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,19 @@ class PacsStudy:
     srs: dict[str, set[str]]  # SR SOP Instance UID -> SOP Instance UIDs it names as predecessors
     scs: dict[str, set[str]]  # SC SOP Instance UID -> SOP Instance UIDs it references
 
+    @classmethod
+    def of(cls, datasets: Iterable[pydicom.Dataset]) -> PacsStudy:
+        """Sort one study's objects held by a PACS into SRs and SCs (others ignored)."""
+        srs: dict[str, set[str]] = {}
+        scs: dict[str, set[str]] = {}
+        for ds in datasets:
+            uid = str(ds.SOPInstanceUID)
+            if ds.Modality == SR_MODALITY:
+                srs[uid] = _predecessors(ds)
+            elif ds.SOPClassUID == SC_SOP_CLASS:
+                scs[uid] = _sc_references(ds)
+        return cls(srs, scs)
+
     @property
     def current_srs(self) -> set[str]:
         named = set().union(*self.srs.values()) if self.srs else set()
@@ -188,16 +202,10 @@ def pacs_results(orthanc: Orthanc, study_uid: str) -> PacsStudy:
         "/tools/find",
         (b'{"Level": "Instance", "Query": {"StudyInstanceUID": "%s"}}' % study_uid.encode()),
     )
-    srs: dict[str, set[str]] = {}
-    scs: dict[str, set[str]] = {}
-    for orthanc_id in found:
-        ds = pydicom.dcmread(io.BytesIO(http_bytes(orthanc.url(f"/instances/{orthanc_id}/file"))))
-        uid = str(ds.SOPInstanceUID)
-        if ds.Modality == SR_MODALITY:
-            srs[uid] = _predecessors(ds)
-        elif ds.SOPClassUID == SC_SOP_CLASS:
-            scs[uid] = _sc_references(ds)
-    return PacsStudy(srs, scs)
+    return PacsStudy.of(
+        pydicom.dcmread(io.BytesIO(http_bytes(orthanc.url(f"/instances/{orthanc_id}/file"))))
+        for orthanc_id in found
+    )
 
 
 def index_rows(index_db: Path) -> list[dict[str, Any]]:

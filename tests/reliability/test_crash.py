@@ -43,8 +43,15 @@ from pipeline.support import (
     phantom,
     pipeline_config,
     running_orthanc,
+    start_pacs,
 )
-from reliability.crash_support import ResendingSender, index_rows, lost_instances, pacs_results
+from reliability.crash_support import (
+    PacsStudy,
+    ResendingSender,
+    index_rows,
+    lost_instances,
+    pacs_results,
+)
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
@@ -380,3 +387,60 @@ def test_lost_index_refuses_start_and_reindex_recovers_state(
         assert row(late.study_uid)["instances"] == SLICES  # type: ignore[index]
         held = pacs_results(orthanc, late.study_uid)
         assert len(held.current_srs) == len(held.srs) == 1
+
+
+# -- results replaced while the PACS is down -----------------------------------------------
+
+
+@pytest.mark.timeout(600)
+def test_result_replaced_twice_while_pacs_down_leaves_one_current(
+    tmp_path: Path, crash_checkpoint: Path
+) -> None:
+    """Generation 1 is delivered; the PACS goes down; a late instance makes generation 2
+    (its delivery waits for the PACS), another makes generation 3, which replaces the
+    pending delivery of 2: generation 2 never reaches the PACS. When the PACS is back it
+    receives generation 3, and that must still supersede generation 1 (which it holds):
+    one current SR and one current SC, not two."""
+    study = phantom(tmp_path / "src", seed=1500, n_slices=SLICES + 2)  # 10 are read at least
+    pacs_port = free_port()
+    pacs = first = start_pacs(pacs_port)
+    root = tmp_path / "site"
+    root.mkdir()
+    dest = destination(pacs_port, max_attempts=100, retry_base_s=0.5)
+    cfg = pipeline_config(root, crash_checkpoint, [dest], web={"enabled": False})
+    index_db = root / "index.sqlite"
+
+    def row() -> dict[str, Any] | None:
+        return next((r for r in index_rows(index_db) if r["study_uid"] == study.study_uid), None)
+
+    def at(generation: int, delivery: str) -> bool:
+        r = row()
+        return (
+            r is not None
+            and r["state"] == "done"
+            and r["generation"] == generation
+            and r["deliveries"].get("pacs", ("", 0)) == (delivery, generation)
+        )
+
+    node = ServeProcess(cfg, root / "serve.log")
+    try:
+        assert storescu(node.port, study.main.files[:-2]).returncode == 0
+        wait_for(lambda: at(1, "sent"), 120, "generation 1 delivered")
+        pacs.stop()
+        assert storescu(node.port, study.main.files[-2:-1]).returncode == 0
+        wait_for(lambda: at(2, "pending"), 120, "generation 2 waiting for the PACS")
+        assert storescu(node.port, study.main.files[-1:]).returncode == 0
+        wait_for(lambda: at(3, "pending"), 120, "generation 3 waiting for the PACS")
+        pacs = start_pacs(pacs_port)
+        wait_for(lambda: at(3, "sent"), 120, "generation 3 delivered")
+    finally:
+        node.stop()
+        pacs.stop()
+    # what one PACS would hold across its outage: what it took before and after
+    held = PacsStudy.of(first.received + pacs.received)
+    assert len(held.srs) == 2  # generations 1 and 3; 2 never reached it
+    final = row()
+    assert final is not None
+    uids = final["result"]["uids"]
+    assert held.current_srs == {uids["sr_instance"]}, held
+    assert held.current_scs == {uids["sc_instance"]}, held
