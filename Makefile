@@ -11,7 +11,7 @@ DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 # runs on torch 2.11 / torchvision 0.26 (pyproject.toml allows them).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv debs test lint demo bench clean
+.PHONY: venv debs test lint demo bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ lint: venv
 
 test: venv debs lint
 	$(BIN)/pytest
+
+# The reliability campaign (tests/reliability: kill -9, index loss, ...). RELIABILITY_KILLS
+# makes the kill campaign longer (default 20 kills per journal setting, what CI runs),
+# RELIABILITY_SEED picks other random moments: RELIABILITY_KILLS=200 make reliability
+reliability: venv debs
+	$(BIN)/pytest -s tests/reliability
 
 demo: venv debs
 	$(BIN)/python scripts/demo.py

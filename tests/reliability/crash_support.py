@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from pipeline.support import http_bytes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
+from dicom_node.store.journal import _scan
+from dicom_node.store.spool import JOURNAL_DIR
 from train.data.phantoms import WrittenStudy
 
 SR_MODALITY = "SR"
@@ -108,6 +111,30 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def drop_unflushed(spool: Path) -> int:
+    """Power loss after a kill: delete every spool file whose journal record is not yet
+    checkpointed (a checkpoint is what makes spool files durable; until then the page
+    cache may hold them only). Returns how many files were dropped; the node's start-up
+    recovery must write each back from the journal. Reads the journal with the node's
+    own record scanner (:func:`dicom_node.store.journal._scan`), the reader ``recover``
+    uses, so the test drops exactly what recovery is responsible for."""
+    folder = spool / JOURNAL_DIR
+    dropped = 0
+    for seg in sorted(folder.glob("seg-*.wal")) if folder.is_dir() else []:
+        seq = int(seg.stem.split("-", 1)[1])
+        fd = os.open(seg, os.O_RDONLY)
+        try:
+            records = _scan(fd, seq, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        for relpath, _off, _n, _crc in records:
+            target = spool / relpath
+            if target.is_file():
+                target.unlink()
+                dropped += 1
+    return dropped
 
 
 def spool_paths(index_db: Path) -> dict[str, str]:
