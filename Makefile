@@ -15,7 +15,7 @@ DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 LOCK   := requirements.lock
 TOOLS  := .venv-tools
 
-.PHONY: venv debs test lint demo bench clean lock audit
+.PHONY: venv debs test lint demo bench clean lock audit reliability
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ lint: venv
 
 test: venv debs lint
 	$(BIN)/pytest
+
+# The reliability campaign (tests/reliability: kill -9, index loss, ...). RELIABILITY_KILLS
+# makes the kill campaign longer (default 20 kills per journal setting, what CI runs),
+# RELIABILITY_SEED picks other random moments: RELIABILITY_KILLS=200 make reliability
+reliability: venv debs
+	$(BIN)/pytest -s tests/reliability
 
 demo: venv debs
 	$(BIN)/python scripts/demo.py

@@ -99,7 +99,7 @@ def http_listing(src: StudySource, n: int) -> str:
     """Median and worst of ``n`` ``GET /api/studies`` through the app's test client."""
     token = "bench-token-" + "x" * 32
     web = WebSection(api_tokens=[ApiToken(name="bench", token_sha256=token_digest(token))])
-    ctx = WebContext(metrics=NodeMetrics(), readiness=lambda: [], auth=Authenticator(web),
+    ctx = WebContext(metrics=NodeMetrics(), readiness=list, auth=Authenticator(web),
                      studies=src)  # fmt: skip
     lat = []
     with TestClient(create_app(ctx)) as client:

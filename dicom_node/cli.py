@@ -227,9 +227,12 @@ def echo(
 
 @app.command()
 def reindex(config: ConfigOpt = None) -> None:
-    """Rebuild the study index from the spool files alone (run with the node stopped)."""
+    """Rebuild the study index from the spool files, and each processed study's state from
+    the marker beside its results (run with the node stopped). A damaged index file is
+    set aside (renamed ``*.damaged-<time>``), not deleted."""
     from dicom_node.logs import setup_logging
-    from dicom_node.store.index import Index
+    from dicom_node.store import study_marker
+    from dicom_node.store.index import Index, set_aside_if_damaged
     from dicom_node.store.private import restrict_umask
     from dicom_node.store.spool import Spool
     from dicom_node.store.spool import reindex as do_reindex
@@ -239,16 +242,25 @@ def reindex(config: ConfigOpt = None) -> None:
     setup_logging(settings.logging.level, fmt=settings.logging.format)
     st = settings.storage
     try:
-        index = Index(settings.resolve(st.index_db))
+        index_path = settings.resolve(st.index_db)
+        aside = set_aside_if_damaged(index_path)
+        if aside is not None:
+            sys.stdout.write(f"the damaged index was moved to {aside}\n")
+        index = Index(index_path)
         spool = Spool(settings.resolve(st.spool_dir), index, min_free_mb=st.min_free_disk_mb,
                       max_spool_gb=st.max_spool_gb, journal_segment_mb=None)  # fmt: skip
         n = do_reindex(spool)
+        restored = study_marker.restore(index, settings.resolve(st.results_dir))
         n_studies = len(index.studies())
         index.close()
-    except NodeError as exc:
+    except (NodeError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    sys.stdout.write(f"reindexed {n} instances in {n_studies} studies\n")
+    sys.stdout.write(
+        f"reindexed {n} instances in {n_studies} studies; processing state restored for "
+        f"{restored['done']} (done) and {restored['reopened']} (changed since, processed "
+        "again)\n"
+    )
 
 
 user_app = typer.Typer(no_args_is_help=True, help="Worklist users and API tokens.")

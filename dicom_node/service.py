@@ -66,7 +66,7 @@ from dicom_node.pipeline.delivery import (
 from dicom_node.pipeline.delivery_metrics import MeteredDeliverer
 from dicom_node.pipeline.notifying import notify_channels
 from dicom_node.pipeline.scheduler import StudyScheduler
-from dicom_node.store.index import STATES, Index, StudyRow
+from dicom_node.store.index import STATES, Index, StudyRow, open_checked
 from dicom_node.store.spool import Spool, Stored
 
 if TYPE_CHECKING:  # torch is imported only when inference is enabled (receive-only: ~100 MB)
@@ -152,7 +152,7 @@ class Service:
             for i, d in enumerate(s.destinations)
             if isinstance(d, Destination) and d.tls is not None
         }
-        self.index = Index(s.resolve(s.storage.index_db))
+        self.index = open_checked(s.resolve(s.storage.index_db), s.resolve(s.storage.spool_dir))
         self.spool = spool = Spool(
             s.resolve(s.storage.spool_dir),
             self.index,
@@ -190,6 +190,7 @@ class Service:
                 channels + notify_channels(s, self.index),
                 runtime_key=self.key,
                 hash_key=s.logging.hash_key,
+                results_dir=s.resolve(s.storage.results_dir),
                 metrics=self.metrics,
             )
             register_deliverer(self.key, self.deliverer)

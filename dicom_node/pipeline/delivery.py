@@ -41,6 +41,7 @@ from dicom_node.net.scu import ScuTimeouts, backoff_seconds, send
 from dicom_node.net.stow import store
 from dicom_node.pipeline.runtimes import Runtimes
 from dicom_node.pipeline.scheduler import job_key
+from dicom_node.store import study_marker
 from dicom_node.store.index import DeliveryRow, DeliveryState, Index
 
 log = logging.getLogger(__name__)
@@ -163,8 +164,11 @@ class Deliverer:
         *,
         runtime_key: str,
         hash_key: str,
+        results_dir: Path | None = None,
     ) -> None:
         self.index = index
+        #: where each study's durable state marker is kept (None: no markers)
+        self.results_dir = results_dir
         self.scheduler = scheduler
         self.channels = {c.name: c for c in channels}
         self.runtime_key = runtime_key
@@ -277,6 +281,9 @@ class Deliverer:
             row.study_uid, row.destination, row.generation, state, attempts, error,
             next_attempt=due,
         )  # fmt: skip
+        if self.results_dir is not None:
+            # a sent result stays sent even if the index is lost (reindex reads it back)
+            study_marker.save(self.index, self.results_dir, row.study_uid)
         fields: dict[str, object] = {
             "study": key,
             "destination": row.destination,

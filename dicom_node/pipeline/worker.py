@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pydicom
 import torch
@@ -42,6 +42,7 @@ from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
 from dicom_node.results.common import ResultUIDs, result_uids
 from dicom_node.results.report import build_results, warm_up
+from dicom_node.store import study_marker
 from dicom_node.store.index import Index, StudyRow, StudyState
 from dicom_node.store.private import private_dir
 from dicom_node.store.series_outcome import SeriesOutcome, outcomes_of
@@ -366,6 +367,9 @@ class InferenceWorker:
             # name themselves as their own predecessor.
             before = previous.get("supersedes")
             supersedes = ResultUIDs(**before) if before else None
+            earlier = _lineage(previous)
+        else:
+            earlier = [*_lineage(previous), supersedes] if previous and supersedes else []
         objects = build_results(
             pred,
             p.sources,
@@ -374,6 +378,7 @@ class InferenceWorker:
             generation=study.generation,
             supersedes=supersedes,
             series_choice=p.series_choice,
+            earlier=earlier,
         )
         paths = objects.save(self.results_dir / study.study_uid / f"g{study.generation}")
         t2 = time.perf_counter()
@@ -382,10 +387,16 @@ class InferenceWorker:
             "generation": study.generation,
             "series_uid": pred.series_uid,
             "n_slices": p.n_source_slices,
+            # every instance of the study this result was made from (reindex compares it
+            # with the spool: more files there means the study changed after the result)
+            "instances": study.instances,
             "slabs": pred.slabs.to_json() if pred.slabs is not None else None,
             "top_slices": pred.top_slices(),
             "uids": asdict(objects.uids),
             "supersedes": asdict(supersedes) if supersedes is not None else None,
+            # every earlier result, oldest first: all are named as superseded (a PACS may
+            # hold one whose successor never reached it)
+            "lineage": [asdict(u) for u in earlier],
             "files": {kind: str(path) for kind, path in paths.items()},
             "model_uid": self.predictor.meta.model_uid,
             "model_name": self.predictor.meta.name,
@@ -403,6 +414,7 @@ class InferenceWorker:
                 extra={"study": study_key(study.study_uid, self.hash_key)},
             )
             return
+        study_marker.save(self.index, self.results_dir, study.study_uid)
         if self.metrics is not None:
             self.metrics.classified(pred.findings(), inference_s=t1 - t0, build_s=t2 - t1)
         log.info(
@@ -427,3 +439,14 @@ class InferenceWorker:
             generation=study.generation,
         ):
             log.warning("study.finished", extra={"study": key, "state": state, "reason": reason})
+
+
+def _lineage(result: dict[str, Any] | None) -> list[ResultUIDs]:
+    """The earlier results a recorded result named (records made before ``lineage`` was
+    kept name only the one they superseded)."""
+    if result is None:
+        return []
+    items = result.get("lineage")
+    if items is None:
+        items = [result["supersedes"]] if result.get("supersedes") else []
+    return [ResultUIDs(**item) for item in items]

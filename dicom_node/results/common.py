@@ -288,6 +288,16 @@ def evidence_stub(source: Dataset) -> Dataset:
     return stub
 
 
+def predecessors(supersedes: ResultUIDs | None, earlier: Sequence[ResultUIDs]) -> list[ResultUIDs]:
+    """Every earlier result a new one names (oldest first, each once): ``earlier``, and
+    ``supersedes`` where the caller gave only that."""
+    out: list[ResultUIDs] = []
+    for uids in (*earlier, *((supersedes,) if supersedes is not None else ())):
+        if all(u.sr_instance != uids.sr_instance for u in out):
+            out.append(uids)
+    return out
+
+
 def previous_stub(study_uid: str, series_uid: str, sop_class: str, sop_uid: str) -> Dataset:
     """A reference to an earlier result instance, for Predecessor Documents Sequence."""
     stub = Dataset()

@@ -98,6 +98,7 @@ def build_results(
     generation: int = 0,
     supersedes: ResultUIDs | None = None,
     series_choice: Sequence[SeriesOutcome] = (),
+    earlier: Sequence[ResultUIDs] = (),
 ) -> ResultObjects:
     """Build the SR and SC for ``prediction``.
 
@@ -109,6 +110,10 @@ def build_results(
     reopen a study); ``supersedes`` is the result this one replaces, as recorded when it
     was made (None for a study's first result). It is never guessed from ``generation``:
     the previous generation may have been skipped, or made from another series or model.
+    ``earlier`` is every result of the study made before this one (``supersedes``
+    included): the SR names them all as predecessors and the SC references every earlier
+    SC, because a PACS may never have received the one just before (its delivery was
+    replaced while the PACS was down) and must still see the result it holds superseded.
 
     Raises :class:`ReportError` (a ``PermanentError``) when the inputs do not fit
     together; messages carry counts, never patient data or UIDs.
@@ -118,9 +123,9 @@ def build_results(
     algorithm = AlgorithmInfo.from_meta(meta)
     uids = result_uids(prediction.study_uid, prediction.series_uid, meta.model_uid, generation)
     t0 = time.perf_counter()
-    sr = build_sr(prediction, sources, algorithm, uids, supersedes, series_choice)
+    sr = build_sr(prediction, sources, algorithm, uids, supersedes, series_choice, earlier)
     t1 = time.perf_counter()
-    sc = build_sc(prediction, sources, series, algorithm, uids, supersedes, series_choice)
+    sc = build_sc(prediction, sources, series, algorithm, uids, supersedes, series_choice, earlier)
     t2 = time.perf_counter()
     log.info(
         "report.built",

@@ -37,6 +37,7 @@ from dicom_node.results.common import (
     check_sources,
     identity_header,
     mark_processing_algorithm,
+    predecessors,
 )
 from dicom_node.store.series_outcome import (
     SeriesOutcome,
@@ -243,11 +244,13 @@ def build_sc(
     uids: ResultUIDs,
     supersedes: ResultUIDs | None = None,
     series_choice: Sequence[SeriesOutcome] = (),
+    earlier: Sequence[ResultUIDs] = (),
 ) -> SCImage:
     """The Secondary Capture of ``prediction``, in the source's Patient and Study.
 
     References the shown key slices in Source Image Sequence; a new generation names the
-    SC it supersedes in Image Comments and Referenced Image Sequence (the SC IOD has no
+    SC it supersedes in Image Comments, and every earlier SC (``earlier``) in Referenced
+    Image Sequence (the SC IOD has no
     predecessor attribute; the SR's Predecessor Documents Sequence is the formal link).
     """
     by_uid = check_sources(prediction, sources)
@@ -301,11 +304,15 @@ def build_sc(
             item.ReferencedFrameNumber = frame
         source_items.append(item)
     sc.SourceImageSequence = source_items
-    if supersedes is not None:
+    refs = []
+    for earlier_uids in predecessors(supersedes, earlier):
         ref = Dataset()
         ref.ReferencedSOPClassUID = SecondaryCaptureImageStorage
-        ref.ReferencedSOPInstanceUID = supersedes.sc_instance
-        sc.ReferencedImageSequence = [ref]
+        ref.ReferencedSOPInstanceUID = earlier_uids.sc_instance
+        refs.append(ref)
+    if refs:
+        sc.ReferencedImageSequence = refs
+    if supersedes is not None:
         sc.ImageComments = (
             f"Supersedes AI triage result rev {supersedes.generation} "
             f"(SOP Instance UID {supersedes.sc_instance})"

@@ -75,6 +75,7 @@ from dicom_node.results.common import (
     evidence_stub,
     identity_header,
     mark_processing_algorithm,
+    predecessors,
     previous_stub,
 )
 from dicom_node.store.series_outcome import SeriesOutcome, chosen_of, images
@@ -186,13 +187,15 @@ def build_sr(
     uids: ResultUIDs,
     supersedes: ResultUIDs | None = None,
     series_choice: Sequence[SeriesOutcome] = (),
+    earlier: Sequence[ResultUIDs] = (),
 ) -> Comprehensive3DSR:
     """The TID 1500 report of ``prediction`` over the source series ``sources`` (headers).
 
     ``sources`` are the chosen series' instances (pixel data not needed); the SR takes
     Patient and Study from the first predicted slice and cites all of them as evidence
     (every source slice, also those a slab averaged). ``supersedes`` names the earlier
-    generation this report replaces, if any; ``series_choice`` lists every series of
+    generation this report replaces, if any, and ``earlier`` every result before it
+    (all are listed in Predecessor Documents Sequence); ``series_choice`` lists every series of
     the study with the choice's outcome (see the module docstring).
     """
     if prediction.study_probs.shape != (len(LABELS),):
@@ -230,16 +233,10 @@ def build_sr(
         _input_container(input_notes(prediction, len(by_uid), series_choice))
     )
     evidence = [identity_header(ordered[0]), *(evidence_stub(ds) for ds in ordered[1:])]
-    previous = None
-    if supersedes is not None:
-        previous = [
-            previous_stub(
-                prediction.study_uid,
-                supersedes.sr_series,
-                Comprehensive3DSRStorage,
-                supersedes.sr_instance,
-            )
-        ]
+    previous = [
+        previous_stub(prediction.study_uid, p.sr_series, Comprehensive3DSRStorage, p.sr_instance)
+        for p in predecessors(supersedes, earlier)
+    ] or None
     try:
         sr = Comprehensive3DSR(
             evidence=evidence,

@@ -24,6 +24,7 @@ opened, its rows kept.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -141,6 +142,18 @@ DeliveryState = Literal["pending", "sent", "failed"]
 
 class IndexDBError(NodeError):
     """The index database cannot be opened or written."""
+
+
+#: What every "the index is lost or damaged" message tells the admin to do.
+REINDEX_HINT: Final = (
+    "stop the node and run `dicom-node reindex --config <config.yaml>` to rebuild it "
+    "from the spool (results already delivered are not sent again)"
+)
+
+
+class IndexDamagedError(IndexDBError):
+    """The index file is missing while the spool holds files, or SQLite finds it damaged:
+    the node refuses to start rather than forget what it received and did."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +295,8 @@ class Index:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except sqlite3.DatabaseError as exc:  # not a database, malformed, ...
+            raise IndexDamagedError(f"cannot open index {path}: {exc}; {REINDEX_HINT}") from exc
         except (OSError, sqlite3.Error) as exc:
             raise IndexDBError(f"cannot open index {path}: {exc}") from exc
         self._lock = threading.Lock()
@@ -315,6 +330,18 @@ class Index:
             return 0
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0
+
+    def check(self) -> None:
+        """SQLite's ``quick_check`` over the whole file (``serve`` runs it at start-up):
+        :class:`IndexDamagedError` naming ``reindex`` when a page is damaged."""
+        try:
+            with self._lock:
+                rows = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            raise IndexDamagedError(f"index {self.path} is damaged: {exc}; {REINDEX_HINT}") from exc
+        if rows != ["ok"]:
+            found = "; ".join(rows)
+            raise IndexDamagedError(f"index {self.path} is damaged ({found}); {REINDEX_HINT}")
 
     @property
     def schema_version(self) -> int:
@@ -563,6 +590,35 @@ class Index:
             )
             return cur.rowcount == 1
 
+    def restore_processing(
+        self,
+        study_uid: str,
+        *,
+        state: StudyState,
+        generation: int,
+        findings: str | None,
+        result: str,
+        series_choice: str | None,
+        deliveries: Sequence[dict[str, Any]],
+    ) -> None:
+        """Put back a study's processing state from its marker (``reindex``, see
+        :mod:`dicom_node.store.study_marker`): state, generation, result, deliveries."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE studies SET state = ?, generation = ?, findings = ?, result = ?, "
+                "series_choice = ?, state_changed = ?, completed_at = CASE WHEN ? = 'done' "
+                "THEN ? ELSE completed_at END WHERE study_uid = ?",
+                (state, generation, findings, result, series_choice, now, state, now, study_uid),
+            )
+            for d in deliveries:
+                db.execute(
+                    "INSERT OR REPLACE INTO deliveries (study_uid, destination, generation, "
+                    "state, attempts, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (study_uid, d["destination"], int(d["generation"]), d["state"],
+                     int(d["attempts"]), d["last_error"], now),
+                )  # fmt: skip
+
     def result(self, study_uid: str) -> dict[str, Any] | None:
         """The latest result record of a study (generation, UIDs, files, timings)."""
         with self._lock:
@@ -696,6 +752,63 @@ def _delivery_row(r: Sequence[Any]) -> DeliveryRow:
         r[0], r[1], int(r[2]), r[3], int(r[4]), r[5], float(r[6]),
         float(r[7]) if r[7] is not None else None,
     )  # fmt: skip
+
+
+def open_checked(path: Path, spool_dir: Path) -> Index:
+    """The index ``serve`` runs on, refused when it cannot be trusted: missing or empty
+    while the spool holds received files (deleted or truncated while the node was
+    stopped), or damaged pages (SQLite's ``quick_check``). Either way the message names
+    ``reindex``; starting on a blank index would forget what was processed and sent."""
+    fresh = not path.exists() or path.stat().st_size == 0
+    if fresh and _holds_files(spool_dir):
+        raise IndexDamagedError(
+            f"index {path} is missing or empty while the spool {spool_dir} holds received "
+            f"files; {REINDEX_HINT}"
+        )
+    index = Index(path)
+    try:
+        index.check()
+    except IndexDBError:
+        index.close()
+        raise
+    return index
+
+
+def set_aside_if_damaged(path: Path) -> Path | None:
+    """Rename a damaged index file (and its ``-wal``/``-shm``) to ``<name>.damaged-<time>``
+    so that ``reindex`` starts a new one; returns the new name, None if it was sound."""
+    if not path.exists() or _sound(path):
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.rename(aside.with_name(aside.name + suffix))
+    return aside
+
+
+def _sound(path: Path) -> bool:
+    try:
+        index = Index(path)
+    except IndexDBError:
+        return False
+    try:
+        index.check()
+    except IndexDBError:
+        return False
+    finally:
+        index.close()
+    return True
+
+
+def _holds_files(spool_dir: Path) -> bool:
+    """Whether any spooled ``.dcm`` file exists (stops at the first one)."""
+    for _dirpath, dirnames, filenames in os.walk(spool_dir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(n.endswith(".dcm") and not n.startswith(".") for n in filenames):
+            return True
+    return False
 
 
 def _study_row(r: Sequence[Any], deliveries: Sequence[DeliveryRow] = ()) -> StudyRow:

@@ -1,0 +1,121 @@
+"""A durable copy of each processed study's state beside its results, for ``reindex``.
+
+The index is a cache of the spool, but what the node *did* with a study (its result, the
+generation it was made for, which destinations got it) is in the index only. Were the
+index lost, a ``reindex`` would bring every study back as new and the node would process
+and send it again. So whenever a study's result or a delivery of it is recorded, the
+study's row is also written to ``<results_dir>/<study>/state.json`` (temporary name,
+fsync, rename, folder fsync: a crash leaves the old file or the new one), and
+:func:`restore` puts it back into a rebuilt index:
+
+* the spool holds exactly the instances the result was made from -> the study is
+  ``done`` again with its findings, result and deliveries (``sent`` stays sent: nothing
+  is delivered twice; ``pending`` is rescheduled at start-up);
+* the spool holds more (instances arrived after the result) -> the study stays
+  ``receiving`` in the next generation, with the old result kept, so the new result
+  names the delivered one as its predecessor.
+
+Markers carry UIDs and findings, no patient data (the same as the index row).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from dicom_node.store.index import Index, StudyRow
+
+log = logging.getLogger(__name__)
+
+MARKER: Final = "state.json"
+VERSION: Final = 1
+
+
+def marker_path(results_dir: Path, study_uid: str) -> Path:
+    return results_dir / study_uid / MARKER
+
+
+def save(index: Index, results_dir: Path, study_uid: str) -> None:
+    """Write the study's processing state as the index has it now (``done`` only)."""
+    study = index.study(study_uid)
+    result = index.result(study_uid)
+    if study is None or result is None or study.state != "done":
+        return
+    record = {
+        "version": VERSION,
+        "study_uid": study_uid,
+        "generation": study.generation,
+        "findings": study.findings,
+        "result": result,
+        "series_choice": [o.to_json() for o in study.series_choice],
+        "deliveries": [
+            {
+                "destination": d.destination,
+                "generation": d.generation,
+                "state": d.state,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+            }
+            for d in study.deliveries
+        ],
+    }
+    path = marker_path(results_dir, study_uid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{MARKER}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(record, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(results_dir: Path, study_uid: str) -> dict[str, Any] | None:
+    """The study's marker, or None (none written, or unreadable: the study starts over)."""
+    path = marker_path(results_dir, study_uid)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("marker.unreadable", extra={"error": type(exc).__name__})
+        return None
+    if not isinstance(record, dict) or record.get("version") != VERSION:
+        return None
+    return record
+
+
+def restore(index: Index, results_dir: Path) -> dict[str, int]:
+    """Put the markers' processing state into a rebuilt index; counts by outcome."""
+    counts = {"done": 0, "reopened": 0}
+    for study in index.studies():
+        record = load(results_dir, study.study_uid)
+        if record is None:
+            continue
+        outcome = _restore_one(index, study, record)
+        counts[outcome] += 1
+    return counts
+
+
+def _restore_one(index: Index, study: StudyRow, record: dict[str, Any]) -> str:
+    result = record["result"]
+    generation = int(record["generation"])
+    covered = result.get("instances")
+    done = covered is not None and int(covered) == study.instances
+    index.restore_processing(
+        study.study_uid,
+        state="done" if done else "receiving",
+        generation=generation if done else generation + 1,
+        findings=json.dumps(record["findings"]) if record["findings"] is not None else None,
+        result=json.dumps(result),
+        series_choice=json.dumps(record["series_choice"]) if done else None,
+        deliveries=record["deliveries"],
+    )
+    return "done" if done else "reopened"
