@@ -44,7 +44,7 @@ lock: $(TOOLS)/.installed
 
 # Known vulnerabilities in the locked versions (PyPI's advisory service: needs the network,
 # so not part of `make test` or CI). Findings accepted after review are listed with their
-# reason in reliability/security.md and ignored here by ID.
+# reason in RELIABILITY.md and ignored here by ID.
 AUDIT_IGNORE :=
 audit: $(TOOLS)/.installed
 	$(TOOLS)/bin/pip-audit --strict --disable-pip --desc on -r $(LOCK) \

@@ -9,7 +9,7 @@ so the comparison is about the receive path only.
 
 Usage::
 
-    .venv/bin/python bench/bad_input_anchor.py [--out reliability/bad_input_anchor.md]
+    .venv/bin/python bench/bad_input_anchor.py [--out /tmp/bad_input_anchor.md]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ or ``failed`` with a reason. After the corpus the node still answers C-ECHO, eve
 instance it acknowledged with Success is in the spool, and its RSS stays bounded.
 
 ``BAD_INPUT_TABLE=path`` writes the outcome of every kind as a markdown table (the one
-published in reliability/bad_input.md).
+published in RELIABILITY.md).
 """
 
 from __future__ import annotations

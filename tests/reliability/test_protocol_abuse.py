@@ -74,7 +74,7 @@ def _all_freed(node: Node) -> None:
 #: (UnicodeDecodeError on AE titles, ValueError on an A-ABORT source, KeyError and
 #: AttributeError in DIMSE decoding): the node survives and the slot is freed by ARTIM,
 #: but pytest reports each as an unhandled thread exception. A known trait of the
-#: fallback engine (reliability/abuse.md), not of ours: ignored for that engine only.
+#: fallback engine (RELIABILITY.md), not of ours: ignored for that engine only.
 PYNETDICOM_THREADS_DIE = pytest.mark.filterwarnings(
     "ignore::pytest.PytestUnhandledThreadExceptionWarning"
 )

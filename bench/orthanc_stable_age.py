@@ -1,4 +1,4 @@
-"""Anchor for reliability/abuse.md: does Orthanc's ``StableAge`` wait for an open association?
+"""Anchor for RELIABILITY.md: does Orthanc's ``StableAge`` wait for an open association?
 
 Starts the Debian Orthanc (``/usr/sbin/Orthanc``) on free loopback ports with
 ``StableAge`` 2 s, stores two phantom slices over one pynetdicom association, then keeps
@@ -7,7 +7,7 @@ the study's ``IsStable`` over REST meanwhile. Prints one JSON line: whether Orth
 declared the study stable while the association was still open and sending, and after
 how many seconds from the last instance.
 
-    PYTHONPATH=$PWD:$PWD/tests .venv/bin/python reliability/orthanc_stable_age.py
+    PYTHONPATH=$PWD:$PWD/tests .venv/bin/python bench/orthanc_stable_age.py
 """
 
 from __future__ import annotations

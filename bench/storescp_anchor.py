@@ -1,11 +1,11 @@
-"""Anchor for reliability/abuse.md: what dcmtk storescp does with a trickling peer, an
+"""Anchor for RELIABILITY.md: what dcmtk storescp does with a trickling peer, an
 idle association and a second association while one is open (no ``--fork``).
 
 Starts ``/usr/bin/storescp`` (socket timeout 3 s, ACSE timeout 3 s, DIMSE timeout 3 s) on
 a free loopback port and prints one JSON line per case: how long until storescp closed
 the connection (or that it had not after the guard).
 
-    PYTHONPATH=$PWD:$PWD/tests .venv/bin/python reliability/storescp_anchor.py
+    PYTHONPATH=$PWD:$PWD/tests .venv/bin/python bench/storescp_anchor.py
 """
 
 from __future__ import annotations
