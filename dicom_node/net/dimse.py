@@ -151,7 +151,7 @@ def encode_response(request: Command, status: int, error_comment: str = "") -> b
     """The response command set to ``request`` (C-STORE-RSP, C-ECHO-RSP, or a generic
     failure response carrying the request's command field with the response bit).
 
-    ``error_comment``, when given, is Error Comment (0000,0902, PS3.7 C.4.2): an LO
+    ``error_comment``, when given, is Error Comment (0000,0902, PS3.7 9.3.1.2): an LO
     that the caller has already fitted (:func:`dicom_node.net.store_answer.error_comment`);
     it is space-padded to even length as LO is (PS3.5 6.2).
     """

@@ -1,7 +1,7 @@
 """A C-STORE answer: the DIMSE status and, for a refusal, why (the Error Comment).
 
 Why the reason travels back: a sender's operator sees only "0xC000 Cannot Understand",
-and the node's log that says which UID was missing is on another machine. PS3.7 C.4.2
+and the node's log that says which UID was missing is on another machine. PS3.7 9.3.1.2
 lets a C-STORE-RSP carry Error Comment (0000,0902), an LO of at most 64 characters, so
 both receive engines put the refusal's reason there. The reasons are the node's own
 texts (which element is missing or malformed, which disk limit refused): they never
