@@ -258,8 +258,8 @@ def reindex(config: ConfigOpt = None) -> None:
         raise typer.Exit(1) from exc
     sys.stdout.write(
         f"reindexed {n} instances in {n_studies} studies; processing state restored for "
-        f"{restored['done']} (done) and {restored['reopened']} (changed since, processed "
-        "again)\n"
+        f"{restored['done']} (done), {restored['skipped']} (skipped), {restored['failed']} "
+        f"(failed) and {restored['reopened']} (changed since, processed again)\n"
     )
 
 

@@ -28,7 +28,8 @@ The association request (from connect to a complete A-ASSOCIATE-RQ) has
 ``acse_timeout_s`` in all; every later PDU ``pdu_timeout_s`` from its first byte.
 TCP_NODELAY is set on every accepted socket. A C-STORE on a context of another SOP
 class is answered 0x0122; an instance larger than ``max_instance_mb`` is read, dropped
-and answered 0xA700 (memory stays bounded).
+and answered 0xA700 (memory stays bounded). Every refusal carries its reason in the
+response's Error Comment (0000,0902).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from dicom_node.net.dimse import (
 )
 from dicom_node.net.scp import set_nodelay
 from dicom_node.net.sessions import Session, Sessions
+from dicom_node.net.store_answer import StoreAnswer
 from dicom_node.store.spool import OUT_OF_RESOURCES, SUCCESS, RateLimitedLog
 from dicom_node.store.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -98,12 +100,13 @@ _ACCEPT_POLL_S: Final = 0.2
 
 
 class StoreFunction(Protocol):
-    """Stores one received dataset and returns its DIMSE status (never raises)."""
+    """Stores one received dataset and returns its DIMSE status and, for a refusal,
+    the reason for the response's Error Comment (never raises)."""
 
     def __call__(
         self, data: memoryview, transfer_syntax: str, sop_class: str | None,
         sop_instance: str | None, calling_aet: str, *, session: Session | None = None,
-    ) -> int: ...  # fmt: skip
+    ) -> StoreAnswer: ...  # fmt: skip
 
 
 class _Closed(Exception):  # noqa: N818 - control flow: the peer or a stop closed the socket
@@ -472,7 +475,10 @@ class Association:
                             extra={"limit_mb": self.server.node.max_instance_mb,
                                    "calling_aet": self.calling_aet},
                         )  # fmt: skip
-                        self._send_response(request, OUT_OF_RESOURCES, cx_id, neg)
+                        self._send_response(
+                            request, OUT_OF_RESOURCES, cx_id, neg,
+                            "instance larger than node.max_instance_mb",
+                        )  # fmt: skip
                         continue
                     if not keep:
                         self._answer_without_dataset(request, cx_id, neg)
@@ -520,22 +526,28 @@ class Association:
                            "error": "SOP class differs from its presentation context",
                            "calling_aet": self.calling_aet},
                 )  # fmt: skip
-                self._send_response(request, SOP_CLASS_NOT_SUPPORTED, cx_id, neg)
+                self._send_response(
+                    request, SOP_CLASS_NOT_SUPPORTED, cx_id, neg,
+                    "SOP class differs from its presentation context",
+                )  # fmt: skip
                 return
             with memoryview(self._buffer) as view:
-                status = self.server.on_store(
+                answer = self.server.on_store(
                     view[:size], neg.contexts[cx_id], request.sop_class, request.sop_instance,
                     self.calling_aet, session=self.session,
                 )  # fmt: skip
-            self._send_response(request, status, cx_id, neg)
+            self._send_response(request, answer.status, cx_id, neg, answer.comment)
         finally:
             with self._lock:
                 self._busy = False
             if len(self._buffer) > KEEP_BUFFER:
                 self._buffer = bytearray()
 
-    def _send_response(self, request: Command, status: int, cx_id: int, neg: _Negotiated) -> None:
-        pdus = command_pdus(cx_id, encode_response(request, status), neg.peer_max_pdu)
+    def _send_response(
+        self, request: Command, status: int, cx_id: int, neg: _Negotiated, comment: str = ""
+    ) -> None:
+        """Send the response; ``comment`` is its Error Comment (a refusal's reason)."""
+        pdus = command_pdus(cx_id, encode_response(request, status, comment), neg.peer_max_pdu)
         self._send(pdus[0] if len(pdus) == 1 else b"".join(pdus))
 
 

@@ -54,6 +54,7 @@ _MESSAGE_ID: Final = 0x00000110
 _MESSAGE_ID_RESPONDED: Final = 0x00000120
 _DATASET_TYPE: Final = 0x00000800
 _STATUS: Final = 0x00000900
+_ERROR_COMMENT: Final = 0x00000902
 _AFFECTED_SOP_INSTANCE: Final = 0x00001000
 
 
@@ -136,9 +137,9 @@ def parse_command(data: bytes | bytearray) -> Command:
     )
 
 
-def _element(tag: int, value: bytes) -> bytes:
+def _element(tag: int, value: bytes, pad: bytes = b"\x00") -> bytes:
     if len(value) % 2:
-        value += b"\x00"
+        value += pad
     return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
@@ -146,14 +147,21 @@ def _uid(value: bytes) -> bytes:
     return value.rstrip(b"\x00 ")
 
 
-def encode_response(request: Command, status: int) -> bytes:
+def encode_response(request: Command, status: int, error_comment: str = "") -> bytes:
     """The response command set to ``request`` (C-STORE-RSP, C-ECHO-RSP, or a generic
-    failure response carrying the request's command field with the response bit)."""
+    failure response carrying the request's command field with the response bit).
+
+    ``error_comment``, when given, is Error Comment (0000,0902, PS3.7 9.3.1.2): an LO
+    that the caller has already fitted (:func:`dicom_node.net.store_answer.error_comment`);
+    it is space-padded to even length as LO is (PS3.5 6.2).
+    """
     body = [_element(_AFFECTED_SOP_CLASS, _uid(request.sop_class_uid))]
     body.append(_element(_COMMAND_FIELD, _US.pack(request.command_field | 0x8000)))
     body.append(_element(_MESSAGE_ID_RESPONDED, _US.pack(request.message_id)))
     body.append(_element(_DATASET_TYPE, _US.pack(NO_DATASET)))
     body.append(_element(_STATUS, _US.pack(status)))
+    if error_comment:
+        body.append(_element(_ERROR_COMMENT, error_comment.encode("ascii", "replace"), b" "))
     if request.command_field == C_STORE_RQ:
         body.append(_element(_AFFECTED_SOP_INSTANCE, _uid(request.sop_instance_uid)))
     payload = b"".join(body)

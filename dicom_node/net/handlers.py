@@ -6,6 +6,8 @@ UIDs, stores the bytes durably (:meth:`dicom_node.store.spool.Spool.put`) and an
 Statuses (PS3.4 B.2.3): 0x0000 Success only once the file and its index row are
 durable; 0xA700 Out of Resources when the disk guard refuses or a write fails (the
 sender keeps its copy and may retry); 0xA900 / 0xC000 for a dataset we cannot place.
+Every refusal carries its reason in the response's Error Comment (0000,0902), the same
+text the log line has (:mod:`dicom_node.net.store_answer`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
 from dicom_node.net.sessions import Session, Sessions
+from dicom_node.net.store_answer import StoreAnswer, error_comment
 from dicom_node.store.index import IndexDBError
 from dicom_node.store.spool import (
     CANNOT_UNDERSTAND,
@@ -92,16 +96,25 @@ class StoreHandler:
     #: Open associations and the studies they store (holds a study's completion).
     sessions: Sessions | None = None
 
-    def __call__(self, event: Event) -> int:
+    def __call__(self, event: Event) -> int | Dataset:
+        """pynetdicom's handler: the status, as a status dataset with Error Comment
+        (which pynetdicom copies into the C-STORE-RSP) when there is a reason to give."""
         if self.busy is None:
-            return self._store(event)
-        self.busy.enter(event.assoc)
-        try:
-            return self._store(event)
-        finally:
-            self.busy.leave(event.assoc)
+            answer = self._store(event)
+        else:
+            self.busy.enter(event.assoc)
+            try:
+                answer = self._store(event)
+            finally:
+                self.busy.leave(event.assoc)
+        if not answer.comment:
+            return answer.status
+        status = Dataset()
+        status.Status = answer.status
+        status.ErrorComment = answer.comment
+        return status
 
-    def _store(self, event: Event) -> int:
+    def _store(self, event: Event) -> StoreAnswer:
         try:
             raw = event.encoded_dataset(include_meta=False)
             req = cast(C_STORE, event.request)
@@ -110,7 +123,10 @@ class StoreHandler:
             transfer_syntax = str(event.context.transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - a handler never raises: pynetdicom would abort
             log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
-            return CANNOT_UNDERSTAND
+            return StoreAnswer(
+                CANNOT_UNDERSTAND,
+                error_comment(f"unreadable C-STORE request ({type(exc).__name__})"),
+            )
         session = self.sessions.get(event.assoc) if self.sessions is not None else None
         return self.store(
             raw, transfer_syntax, sop_class, sop_instance, _calling_aet(event), session=session
@@ -119,25 +135,26 @@ class StoreHandler:
     def store(
         self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
         sop_instance: str | None, calling_aet: str, *, session: Session | None = None,
-    ) -> int:  # fmt: skip
-        """Store one dataset as it came over the wire; returns the DIMSE status.
+    ) -> StoreAnswer:  # fmt: skip
+        """Store one dataset as it came over the wire; returns the DIMSE status and,
+        for a refusal, its reason for the Error Comment (no patient data).
 
         Both receive engines end here: the native acceptor passes a view of its receive
         buffer (valid until this returns), pynetdicom's handler the encoded dataset.
         ``session`` is the association it came on: a new instance makes that association
         hold its study's completion while it is open and sending.
         """
-        status = self._store_bytes(
+        answer = self._store_bytes(
             data, transfer_syntax, sop_class, sop_instance, calling_aet, session
         )
-        if self.metrics is not None and status != SUCCESS:
-            self.metrics.store_refused(status)
-        return status
+        if self.metrics is not None and answer.status != SUCCESS:
+            self.metrics.store_refused(answer.status)
+        return answer
 
     def _store_bytes(
         self, data: bytes | memoryview, transfer_syntax: str, sop_class: str | None,
         sop_instance: str | None, calling_aet: str, session: Session | None,
-    ) -> int:  # fmt: skip
+    ) -> StoreAnswer:  # fmt: skip
         try:
             ref = parse_dataset(
                 data, transfer_syntax, command_sop_class=sop_class,
@@ -150,24 +167,31 @@ class StoreHandler:
                 extra={"status": f"0x{exc.status:04X}", "error": str(exc),
                        "calling_aet": calling_aet},
             )  # fmt: skip
-            return exc.status
+            return StoreAnswer(exc.status, error_comment(str(exc)))
         except Exception as exc:  # noqa: BLE001 - a handler never raises
             log.error("store.failed", extra={"stage": "parse", "error": type(exc).__name__})
-            return CANNOT_UNDERSTAND
+            return StoreAnswer(
+                CANNOT_UNDERSTAND, error_comment(f"unreadable dataset ({type(exc).__name__})")
+            )
         try:
             stored = self.spool.put(ref, data, header=header)
-        except SpoolFull:
-            return OUT_OF_RESOURCES  # logged once a minute by the spool's guard
+        except SpoolFull as exc:
+            # logged once a minute by the spool's guard; each sender is told every time
+            return StoreAnswer(OUT_OF_RESOURCES, error_comment(str(exc)))
         except (OSError, IndexDBError, sqlite3.Error) as exc:
             log.error(
                 "store.failed",
                 extra={"stage": "write", "error": type(exc).__name__,
                        "study": study_key(ref.study_uid, self.hash_key)},
             )  # fmt: skip
-            return OUT_OF_RESOURCES
+            return StoreAnswer(
+                OUT_OF_RESOURCES, error_comment(f"spool write failed ({type(exc).__name__})")
+            )
         except Exception as exc:  # noqa: BLE001 - never raise into pynetdicom
             log.error("store.failed", extra={"stage": "write", "error": type(exc).__name__})
-            return OUT_OF_RESOURCES
+            return StoreAnswer(
+                OUT_OF_RESOURCES, error_comment(f"spool write failed ({type(exc).__name__})")
+            )
         if not stored.recorded.inserted:
             log.info("store.duplicate", extra={"study": study_key(ref.study_uid, self.hash_key)})
         elif stored.recorded.new_study or stored.recorded.reopened:
@@ -188,7 +212,7 @@ class StoreHandler:
                 self.on_stored(stored)
             except Exception as exc:  # noqa: BLE001 - the image is safe; start-up reconciliation reschedules
                 log.error("store.notify_failed", extra={"error": type(exc).__name__})
-        return SUCCESS
+        return StoreAnswer(SUCCESS)
 
 
 def handle_echo(event: Event) -> int:

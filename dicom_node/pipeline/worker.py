@@ -439,6 +439,12 @@ class InferenceWorker:
             generation=study.generation,
         ):
             log.warning("study.finished", extra={"study": key, "state": state, "reason": reason})
+            # Beside the results, for ``reindex``: without it a lost index would have the
+            # study read, selected and skipped (or failed) all over again.
+            try:
+                study_marker.save(self.index, self.results_dir, study.study_uid)
+            except OSError as exc:  # the end state is in the index; only reindex loses it
+                log.error("marker.write_failed", extra={"study": key, "error": type(exc).__name__})
 
 
 def _lineage(result: dict[str, Any] | None) -> list[ResultUIDs]:

@@ -597,20 +597,24 @@ class Index:
         state: StudyState,
         generation: int,
         findings: str | None,
-        result: str,
+        result: str | None,
         series_choice: str | None,
         deliveries: Sequence[dict[str, Any]],
+        reason: str | None = None,
     ) -> None:
         """Put back a study's processing state from its marker (``reindex``, see
-        :mod:`dicom_node.store.study_marker`): state, generation, result, deliveries."""
+        :mod:`dicom_node.store.study_marker`): state and its reason, generation, result,
+        deliveries."""
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "UPDATE studies SET state = ?, generation = ?, findings = ?, result = ?, "
-                "series_choice = ?, state_changed = ?, completed_at = CASE WHEN ? = 'done' "
-                "THEN ? ELSE completed_at END WHERE study_uid = ?",
-                (state, generation, findings, result, series_choice, now, state, now, study_uid),
-            )
+                "UPDATE studies SET state = ?, reason = ?, generation = ?, findings = ?, "
+                "result = ?, series_choice = ?, state_changed = ?, completed_at = CASE "
+                "WHEN ? IN ('done', 'skipped', 'failed') THEN ? ELSE completed_at END "
+                "WHERE study_uid = ?",
+                (state, reason, generation, findings, result, series_choice, now, state, now,
+                 study_uid),
+            )  # fmt: skip
             for d in deliveries:
                 db.execute(
                     "INSERT OR REPLACE INTO deliveries (study_uid, destination, generation, "

@@ -15,7 +15,13 @@ fsync, rename, folder fsync: a crash leaves the old file or the new one), and
   ``receiving`` in the next generation, with the old result kept, so the new result
   names the delivered one as its predecessor.
 
-Markers carry UIDs and findings, no patient data (the same as the index row).
+A study that ended ``skipped`` or ``failed`` gets a marker too (its state, reason and
+instance count, and an earlier generation's result if it has one): without it a
+``reindex`` would make the worker read, select and fail it all over again. The same
+rule applies: the same instances -> the end state and its reason are back; more -> the
+study is received again in the next generation.
+
+Markers carry UIDs, findings and reasons, no patient data (the same as the index row).
 """
 
 from __future__ import annotations
@@ -38,15 +44,26 @@ def marker_path(results_dir: Path, study_uid: str) -> Path:
     return results_dir / study_uid / MARKER
 
 
+#: The states a marker records: where processing ended.
+END_STATES: Final = ("done", "skipped", "failed")
+
+
 def save(index: Index, results_dir: Path, study_uid: str) -> None:
-    """Write the study's processing state as the index has it now (``done`` only)."""
+    """Write the study's processing state as the index has it now (an end state only:
+    ``done`` with its result, ``skipped`` or ``failed`` with its reason)."""
     study = index.study(study_uid)
     result = index.result(study_uid)
-    if study is None or result is None or study.state != "done":
+    if study is None or study.state not in END_STATES:
+        return
+    if study.state == "done" and result is None:
         return
     record = {
         "version": VERSION,
         "study_uid": study_uid,
+        "state": study.state,
+        "reason": study.reason,
+        # the instances the end state was reached on (a ``done`` result names its own)
+        "instances": study.instances,
         "generation": study.generation,
         "findings": study.findings,
         "result": result,
@@ -93,29 +110,58 @@ def load(results_dir: Path, study_uid: str) -> dict[str, Any] | None:
 
 
 def restore(index: Index, results_dir: Path) -> dict[str, int]:
-    """Put the markers' processing state into a rebuilt index; counts by outcome."""
-    counts = {"done": 0, "reopened": 0}
+    """Put the markers' processing state into a rebuilt index; counts by outcome
+    (``done``, ``skipped``, ``failed``, or ``reopened``: changed since, processed again)."""
+    counts = {"done": 0, "skipped": 0, "failed": 0, "reopened": 0}
     for study in index.studies():
         record = load(results_dir, study.study_uid)
         if record is None:
             continue
         outcome = _restore_one(index, study, record)
-        counts[outcome] += 1
+        if outcome is not None:
+            counts[outcome] += 1
     return counts
 
 
-def _restore_one(index: Index, study: StudyRow, record: dict[str, Any]) -> str:
+def _restore_one(index: Index, study: StudyRow, record: dict[str, Any]) -> str | None:
+    # Markers written before skipped/failed ones were kept record ``done`` only.
+    state = record.get("state", "done")
+    if state not in END_STATES:  # not ours: the study starts over, as without a marker
+        return None
     result = record["result"]
     generation = int(record["generation"])
-    covered = result.get("instances")
-    done = covered is not None and int(covered) == study.instances
+    if state == "done":
+        covered = result.get("instances") if isinstance(result, dict) else None
+    else:
+        covered = record.get("instances")
+    same = covered is not None and int(covered) == study.instances
+    if not same:
+        _reopen(index, study, record)
+        return "reopened"
     index.restore_processing(
         study.study_uid,
-        state="done" if done else "receiving",
-        generation=generation if done else generation + 1,
+        state=state,
+        reason=record.get("reason") if state != "done" else None,
+        generation=generation,
         findings=json.dumps(record["findings"]) if record["findings"] is not None else None,
-        result=json.dumps(result),
-        series_choice=json.dumps(record["series_choice"]) if done else None,
+        result=json.dumps(result) if result is not None else None,
+        series_choice=json.dumps(record["series_choice"]),
         deliveries=record["deliveries"],
     )
-    return "done" if done else "reopened"
+    return str(state)
+
+
+def _reopen(index: Index, study: StudyRow, record: dict[str, Any]) -> None:
+    """More instances than the marker's end state was reached on: the study is received
+    again in the next generation, with the earlier result (if any) kept as predecessor."""
+    result = record["result"]
+    index.restore_processing(
+        study.study_uid,
+        state="receiving",
+        reason=None,
+        generation=int(record["generation"]) + 1,
+        findings=json.dumps(record["findings"]) if record["findings"] is not None else None,
+        result=json.dumps(result) if result is not None else None,
+        series_choice=None,
+        deliveries=record["deliveries"],
+    )

@@ -192,6 +192,13 @@ def send_raw(port: int, item: Wire, scratch: Path, calling: str = "BADINPUT") ->
     """Send one dataset's bytes exactly as given; returns the status (or NO_CONTEXT,
     NO_ASSOCIATION). pynetdicom's chunked mode streams the bytes after a File Meta it
     reads for the command's UIDs: the body is never parsed on this side."""
+    return send_raw_answer(port, item, scratch, calling)[0]
+
+
+def send_raw_answer(
+    port: int, item: Wire, scratch: Path, calling: str = "BADINPUT"
+) -> tuple[int, str]:
+    """:func:`send_raw`, with the response's Error Comment (0000,0902; "" if none)."""
     path = scratch / "wire.dcm"
     path.write_bytes(_part10_prefix(item.sop_class, item.sop_uid, item.transfer_syntax) + item.body)
     ae = AE(ae_title=calling)
@@ -204,20 +211,20 @@ def send_raw(port: int, item: Wire, scratch: Path, calling: str = "BADINPUT") ->
         sock = getattr(assoc.dul.socket, "socket", None)
         if sock is not None:
             sock.close()
-        return NO_CONTEXT if assoc.is_aborted and not assoc.is_rejected else NO_ASSOCIATION
+        return (NO_CONTEXT if assoc.is_aborted and not assoc.is_rejected else NO_ASSOCIATION), ""
     old = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         status = assoc.send_c_store(path)
     except ValueError:  # "No presentation context for ..."
         assoc.release()
-        return NO_CONTEXT
+        return NO_CONTEXT, ""
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = old
     assoc.release()
     if "Status" not in status:
-        return ABORTED  # no response: aborted, dropped or timed out
-    return int(status.Status)
+        return ABORTED, ""  # no response: aborted, dropped or timed out
+    return int(status.Status), str(status.get("ErrorComment", "") or "")
 
 
 _STORESCU_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")

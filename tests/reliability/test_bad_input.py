@@ -37,10 +37,12 @@ from reliability.bad_input_support import (
     build_corpus,
     echo,
     rss_kib,
-    send_raw,
+    send_raw_answer,
     send_storescu,
     status_text,
 )
+
+from dicom_node.net.store_answer import error_comment
 
 #: A guard, not a target: the node with torch and a resnet18 loaded sits near 0.6 GiB.
 RSS_BOUND_KIB = 3 * 1024 * 1024
@@ -140,12 +142,21 @@ def test_bad_input_corpus(corpus: list[Kind], tmp_path: Path) -> None:
                     _sop_of_storescu(p) for p, r in zip(kind.files, responses, strict=False)
                     if r == "Success"
                 )  # fmt: skip
+            comments = []
             for item in kind.wire:
-                status = send_raw(node.port, item, tmp_path)
+                status, comment = send_raw_answer(node.port, item, tmp_path)
                 got.statuses.append(status)
                 if status == SUCCESS:
                     acked.add(item.sop_uid)
+                elif status > 0:
+                    comments.append(comment)
             got.refusals = [m.group(1) or m.group(2) for m in _REFUSAL.finditer(log.read())]
+            # the sender is told the reason the node logged (fitted to 64 characters)
+            told = {error_comment(r) for r in got.refusals}
+            for comment in comments:
+                assert comment in told or any(r in comment for r in got.refusals), (
+                    kind.name, comment, got.refusals,
+                )  # fmt: skip
             assert node.proc.poll() is None, f"node exited after {kind.name}"
         assert echo(node.port), "no C-ECHO answer after the corpus"
 
