@@ -109,6 +109,11 @@ def test_random_and_truncated_pdus_leave_the_node_answering(
     assert spooled(node) == []
     log = node.log.getvalue()
     assert "event=assoc.failed" not in log  # no unexpected exception in any association
+    # Undecodable input is one line each, naming the peer and the error (the seed's
+    # streams include some on both engines; pynetdicom's come from its DUL thread).
+    errors = [line for line in log.splitlines() if "event=assoc.protocol_error" in line]
+    assert errors
+    assert all("peer=127.0.0.1:" in line and "error=" in line for line in errors), errors
 
 
 @pytest.mark.parametrize("engine", ENGINES)
