@@ -145,7 +145,7 @@ class NodeSection(_Section):
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
-    #: Native engine: one whole PDU (from its first byte) must arrive within this, so a
+    #: Both engines: one whole PDU (from its first byte) must arrive within this, so a
     #: peer trickling bytes cannot hold an association; 256 KiB at 64 kbit/s is ~33 s.
     pdu_timeout_s: float = Field(60.0, gt=0)
     max_pdu_size: int = Field(262144, ge=0)

@@ -240,11 +240,15 @@ class Service:
                 a.start()
         else:
             if s.node.plain_enabled:
-                self.server = start_server(self.ae, s.node.host, s.node.port, self._handlers(store))
+                self.server = start_server(
+                    self.ae, s.node.host, s.node.port, self._handlers(store),
+                    pdu_timeout_s=s.node.pdu_timeout_s,
+                )  # fmt: skip
             if server_tls is not None:
                 self.tls_server = start_server(
                     self.ae, s.node.host, s.node.tls.port, self._handlers(store),
                     ssl_context=server_tls, metrics=self.metrics,
+                    pdu_timeout_s=s.node.pdu_timeout_s,
                 )  # fmt: skip
         if s.web.enabled:
             self.web = self._start_web()

@@ -27,6 +27,7 @@ import queue
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -51,14 +52,16 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AddressInformation, AssociationSocket, ThreadedAssociationServer
 
 from dicom_node.config import NodeSection
 from dicom_node.metrics import NodeMetrics
 from dicom_node.net import tls
+from dicom_node.net.scp_guard import bounded_acceptor, guard_socket
 from dicom_node.store.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -245,8 +248,7 @@ class NodelayAssociationServer(ThreadedAssociationServer):
         client_address: tuple[str, int] | str,
     ) -> None:
         if isinstance(request, ssl.SSLSocket):
-            peer = ":".join(str(p) for p in client_address[:2]) if isinstance(
-                client_address, tuple) else str(client_address)  # fmt: skip
+            peer = _address(client_address)
             if tls.handshake(request, float(self.ae.acse_timeout or 30), peer) is not None:
                 if self.metrics is not None:
                     self.metrics.association_refused("tls-handshake")
@@ -254,13 +256,45 @@ class NodelayAssociationServer(ThreadedAssociationServer):
                 return
         super().process_request_thread(request, client_address)
 
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        """socketserver prints a traceback for a request that raised; one line instead
+        (pynetdicom's ``process_request_thread`` then closes the socket)."""
+        exc = sys.exc_info()[1]
+        log.error(
+            "assoc.failed",
+            extra={"error": type(exc).__name__, "peer": _address(client_address),
+                   "engine": "pynetdicom"},
+        )  # fmt: skip
+
     #: Counts TLS handshake refusals (set by :func:`start_server`).
     metrics: NodeMetrics | None = None
 
 
+def _address(client_address: Any) -> str:
+    if isinstance(client_address, tuple):
+        return ":".join(str(p) for p in client_address[:2])
+    return str(client_address)
+
+
+class NodeAE(AE):
+    """pynetdicom's AE whose requested associations close their socket however they
+    end: pynetdicom 3.0 drops it unclosed when ``connect()`` is refused (a PACS that is
+    down), leaving the descriptor to the garbage collector (:func:`guard_socket`)."""
+
+    def _create_socket(
+        self, assoc: Association, address: AddressInformation,
+        tls_args: tuple[ssl.SSLContext, str] | None,
+    ) -> AssociationSocket:  # fmt: skip
+        sock = super()._create_socket(assoc, address, tls_args)
+        guard_socket(sock)
+        return sock
+
+
 def node_ae(ae_title: str) -> AE:
     """A pynetdicom AE that names this software (not pynetdicom) in its associations."""
-    ae = AE(ae_title=ae_title)
+    ae = NodeAE(ae_title=ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     return ae
@@ -287,16 +321,23 @@ def build_ae(node: NodeSection) -> AE:
 def start_server(
     ae: AE, host: str, port: int, handlers: Sequence[EventHandlerType],
     *, ssl_context: ssl.SSLContext | None = None, metrics: NodeMetrics | None = None,
+    pdu_timeout_s: float = 60.0,
 ) -> NodelayAssociationServer:  # fmt: skip
     """Bind and serve in a background thread; returns the server (port 0 picks one).
 
     With ``ssl_context`` the server speaks DICOM TLS (pynetdicom's ``ssl_context``,
-    handshake per :class:`NodelayAssociationServer`).
+    handshake per :class:`NodelayAssociationServer`). Every association is bounded as the
+    native engine's are (:mod:`dicom_node.net.scp_guard`): the request within the AE's
+    ``acse_timeout``, each later PDU within ``pdu_timeout_s`` of its first byte.
     """
     _install_reactor_clock()
     server = ae.make_server(
         (host, port),
-        evt_handlers=[(evt.EVT_CONN_OPEN, tune_acceptor), *handlers],
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, tune_acceptor),
+            (evt.EVT_CONN_OPEN, bounded_acceptor(pdu_timeout_s)),
+            *handlers,
+        ],
         server_class=NodelayAssociationServer,
         ssl_context=ssl_context,
     )

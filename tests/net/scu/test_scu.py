@@ -98,9 +98,9 @@ def test_tcp_nodelay_is_set_on_the_association_socket(
 
 
 # pynetdicom 3.0.4 drops (does not close) its socket when connect() fails
-# (transport.AssociationSocket.connect: ``self.socket = None`` after shutdown); CPython
-# closes it on collection, with a ResourceWarning that -W error would turn into a failure.
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
+# (transport.AssociationSocket.connect: ``self.socket = None`` after a failed shutdown);
+# the node's AE closes it (scp.NodeAE). An unclosed socket would be a ResourceWarning,
+# which -W error turns into a failure of this test.
 def test_connection_refused_is_transient(phantom: WrittenStudy) -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(TransientDeliveryError) as info:
