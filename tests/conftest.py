@@ -22,6 +22,24 @@ def _seed_torch() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Whatever a test installs on the root logger goes with it.
+
+    A CLI command run in-process (typer's ``CliRunner``) calls ``setup_logging``, whose
+    handler writes to the runner's stream; left in place, every later test's log lines
+    would hit that closed stream ("--- Logging error ---" in their output).
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
 @pytest.fixture
 def log_capture() -> Iterator[io.StringIO]:
     """Everything this process logs (root at DEBUG, pynetdicom at INFO as the node sets it).

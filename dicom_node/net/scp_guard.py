@@ -217,7 +217,7 @@ class AssociationGuard:
     def _wake_acceptor(self) -> None:
         if not self.requested:
             self.requested = True  # once
-            self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+            self.assoc.dul.to_user_queue.put(None)
 
     # -- containment ------------------------------------------------------------------
 

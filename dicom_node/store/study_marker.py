@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from dicom_node.store.index import Index, StudyRow
+from dicom_node.store.private import open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ def save(index: Index, results_dir: Path, study_uid: str) -> None:
         ],
     }
     path = marker_path(results_dir, study_uid)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{MARKER}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(record, fh)
+    with open_private(tmp) as fh:  # 0600 whatever the umask: it holds findings
+        fh.write(json.dumps(record).encode("utf-8"))
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
