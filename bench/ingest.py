@@ -24,9 +24,9 @@ is required) and dcmtk storescp with ``+tls`` (likewise), the sender being
 It prints each TLS receiver's ratio to its plain self in the same run.
 
 ``--ab-scrape`` adds the node with ``/metrics`` scraped every second while it receives
-(a Prometheus at a 1 s interval, far more often than the usual 15-60 s) and the node
-with its web server off, and prints the ratio of each to the plain node (web server on,
-not scraped).
+(a Prometheus at a 1 s interval, far more often than the usual 15-60 s) and an open
+worklist page's poll of ``/api/studies`` every 4 s, and the node with its web server off,
+and prints the ratio of each to the plain node (web server on, not scraped).
 
 Usage::
 
@@ -37,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -151,6 +152,12 @@ class Receiver:
         raise NotImplementedError
 
 
+#: The API token the bench's node accepts (the worklist poll below uses it).
+BENCH_TOKEN = "bench-" + "t" * 40
+#: How often an open worklist page polls ``/api/studies`` (dicom_node.web.pages.POLL_MS).
+WORKLIST_POLL_S = 4.0
+
+
 class OurNode(Receiver):
     name, aec = "dicom-node (durable)", "ICHNODE"
 
@@ -190,7 +197,8 @@ class OurNode(Receiver):
             )
         cfg.write_text(
             f"web: {{enabled: {'true' if self.web else 'false'}, host: 127.0.0.1,"
-            f" port: {web_port}}}\n"
+            f" port: {web_port}, api_tokens: [{{name: bench,"
+            f" token_sha256: {hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()}}}]}}\n"
             f"node: {{ae_title: ICHNODE, host: 127.0.0.1, port: {port}, max_associations: 16"
             f"{', ' + node if node else ''}}}\n"
             "storage: {spool_dir: spool, index_db: index.sqlite, jobs_db: jobs.sqlite,"
@@ -211,12 +219,23 @@ class OurNode(Receiver):
         return port
 
     def _scrape(self, web_port: int) -> None:
+        """``/metrics`` every ``scrape_s``, and the worklist's own poll of ``/api/studies``
+        every ``WORKLIST_POLL_S`` (what an open worklist page asks, with a token)."""
         n = 0
         url = f"http://127.0.0.1:{web_port}/metrics"
+        studies = urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/api/studies",
+            headers={"Authorization": f"Bearer {BENCH_TOKEN}"},
+        )
+        next_poll = 0.0
         while True:
             with urllib.request.urlopen(url, timeout=10) as r:
                 if b"dicom_node_instances_received_total" not in r.read():
                     raise RuntimeError("no instance counter in /metrics")
+            if time.monotonic() >= next_poll:
+                with urllib.request.urlopen(studies, timeout=10) as r:
+                    json.loads(r.read())
+                next_poll = time.monotonic() + WORKLIST_POLL_S
             n += 1
             if self._stop_scraping.wait(self.scrape_s):
                 break
