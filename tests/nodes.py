@@ -76,13 +76,15 @@ def storescu(
     )
 
 
-def raw_store(port: int, path: Path, calling: str = "RAWSCU", aec: str = NODE_AET) -> int:
+def raw_store_response(port: int, path: Path, calling: str = "RAWSCU", aec: str = NODE_AET) -> Any:
     """Send a file's dataset bytes as they are (pynetdicom chunked mode: never decoded),
-    over a CT Image Storage context in Explicit VR Little Endian; returns the status."""
+    over a CT Image Storage context in Explicit VR Little Endian; returns the C-STORE
+    response's status dataset (Status, and ErrorComment where the node gave one)."""
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
     from pynetdicom import AE, _config
 
     ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title=aec)
     assert assoc.is_established
@@ -93,7 +95,13 @@ def raw_store(port: int, path: Path, calling: str = "RAWSCU", aec: str = NODE_AE
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = old
         assoc.release()
-    return int(status.Status)
+    assert "Status" in status, "no C-STORE response"
+    return status
+
+
+def raw_store(port: int, path: Path, calling: str = "RAWSCU", aec: str = NODE_AET) -> int:
+    """:func:`raw_store_response`'s status code."""
+    return int(raw_store_response(port, path, calling, aec).Status)
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pydicom.config
 import pytest
-from nodes import NODE_AET, SENTINEL_ID, SENTINEL_NAME, Node, storescu
+from nodes import SENTINEL_ID, SENTINEL_NAME, Node, raw_store_response, storescu
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-from pynetdicom import AE, _config
+from pydicom.uid import MRImageStorage
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicom_node.net import dimse
@@ -60,20 +59,8 @@ def _variant(src: Path, out: Path, change: Callable[[Dataset], None]) -> Path:
 def _store(port: int, path: Path) -> Dataset:
     """C-STORE ``path``'s bytes as they are (chunked: never decoded or fixed on this side)
     under its File Meta's SOP Class/Instance; the response's status dataset."""
-    ae = AE(ae_title="ERRCOMMENT")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
-    assert assoc.is_established
-    old = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        status = assoc.send_c_store(path)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = old
-        assoc.release()
-    assert "Status" in status, "no C-STORE response"
-    return status
+    response: Dataset = raw_store_response(port, path, calling="ERRCOMMENT")
+    return response
 
 
 def _no_study_uid(ds: Dataset) -> None:

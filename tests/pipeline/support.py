@@ -240,10 +240,15 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 @contextmanager
 def running_orthanc(
-    root: Path, *, dicomweb: bool = False, http_port: int | None = None
+    root: Path,
+    *,
+    dicomweb: bool = False,
+    http_port: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[Orthanc]:
     """A real Orthanc on free ports (or ``http_port``), stopped on exit; with
-    ``dicomweb``, its DICOMweb plugin serves STOW-RS at ``/dicom-web/studies``."""
+    ``dicomweb``, its DICOMweb plugin serves STOW-RS at ``/dicom-web/studies``;
+    ``settings`` are further Orthanc configuration keys (they win)."""
     root.mkdir(exist_ok=True)
     http_port, dicom_port = http_port or free_port(), free_port()
     plugins: dict[str, Any] = {"Plugins": []}
@@ -264,6 +269,7 @@ def running_orthanc(
         "AuthenticationEnabled": False,
         "DicomScuTimeout": 30,
         **plugins,
+        **(settings or {}),
     }
     (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
     proc = subprocess.Popen(

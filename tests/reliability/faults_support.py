@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodes import ORTHANC, PEER_ENV, Orthanc, ServeProcess, wait_for
-from peers import free_port
+from nodes import PEER_ENV, Orthanc, ServeProcess, wait_for
+from pipeline.support import running_orthanc
 
 STORESCP = "/usr/bin/storescp"
 
@@ -107,41 +107,9 @@ def start_storescp(port: int, out: Path, log: Path, *, aet: str = "PACS") -> Sto
 def strict_orthanc(root: Path) -> Iterator[Orthanc]:
     """A real Orthanc that knows no modality and allows nothing to unknown ones: it
     rejects our association ("Calling AE Title Not Recognized", permanent)."""
-    root.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "strict-orthanc",
-        "StorageDirectory": str(root / "db"),
-        "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomModalities": {},
-        "DicomAlwaysAllowEcho": False,
-        "DicomAlwaysAllowStore": False,
-        "DicomAlwaysAllowFind": False,
-        "DicomAlwaysAllowMove": False,
-        "DicomAlwaysAllowGet": False,
-        "Plugins": [],
-    }
-    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
-    proc = subprocess.Popen(
-        [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
-        env=PEER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-    try:
-        peer.wait_ready()
+    closed = {f"DicomAlwaysAllow{op}": False for op in ("Echo", "Store", "Find", "Move", "Get")}
+    with running_orthanc(root, settings={"DicomModalities": {}, **closed}) as peer:
         yield peer
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- a PACS that accepts the association and never answers a C-STORE ---------------------
