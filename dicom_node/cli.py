@@ -6,6 +6,7 @@ and passes it down; a bad configuration stops with the key's name and exit code 
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -159,6 +160,12 @@ def serve(config: ConfigOpt = None) -> None:
         f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}{web}\n"
     )
     sys.stdout.flush()
+    # Everything loaded at start-up (torch, pydicom's dictionaries, FastAPI's models:
+    # ~130,000 objects) lives as long as the process; frozen, a full collection no longer
+    # walks them (64 ms measured on 2 cores, while every receive thread waits). Here, not
+    # in Service.start: freezing is the process's decision, not an embedded node's.
+    gc.collect()
+    gc.freeze()
     service.serve_until_signal()
 
 

@@ -138,6 +138,12 @@ class Node:
         assert self.service.index is not None
         return self.service.index.study(uid)
 
+    def delivery_states(self, uid: str) -> list[str]:
+        """The state of each of the study's deliveries ([] before the first is queued: a
+        study is ``done`` a moment before its deliveries exist)."""
+        study = self.study(uid)
+        return [d.state for d in study.deliveries] if study is not None else []
+
     def wait_state(self, uid: str, state: str, timeout: float = 20.0) -> Any:
         return wait_for(
             lambda: (s := self.study(uid)) is not None and s.state == state and s,

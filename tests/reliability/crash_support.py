@@ -24,8 +24,8 @@ import pydicom
 from nodes import NODE_AET, Orthanc, dataset_bytes
 from pipeline.support import http_bytes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 
+from dicom_node.net.scp import node_ae
 from dicom_node.store.journal import _scan
 from dicom_node.store.spool import JOURNAL_DIR
 from train.data.phantoms import WrittenStudy
@@ -70,7 +70,9 @@ class ResendingSender:
         return list(zip(self.study.main.files, self.study.main.sop_uids, strict=True))
 
     def _run(self) -> None:
-        ae = AE(ae_title="MODALITY")
+        # node_ae: pynetdicom drops a refused association's socket unclosed (a killed node
+        # refuses many); the node's own AE closes it
+        ae = node_ae("MODALITY")
         ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
         while not self._stop.is_set():

@@ -67,8 +67,7 @@ def test_login_worklist_study_page_and_resend_in_chromium(
             # The positive arrives while the page is open: polling shows it, on top.
             assert storescu(node.port, positive.main.files).returncode == 0
             node.wait_state(positive.study_uid, "done", 90)
-            wait_for(lambda: node.study(positive.study_uid).deliveries[0].state == "sent",
-                     60, "sent")  # fmt: skip
+            wait_for(lambda: node.delivery_states(positive.study_uid) == ["sent"], 60, "sent")
             page.locator("#worklist tbody tr.positive").wait_for(timeout=30_000)
             assert page.evaluate("window.stillTheSamePage") is True  # no full reload
             assert rows.count() == 2

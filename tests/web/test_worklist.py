@@ -73,7 +73,7 @@ def test_worklist_api_pages_and_actions(
     node.wait_state(positive.study_uid, "done", 90)
     assert storescu(node.port, [f for s in other.series for f in s.files]).returncode == 0
     node.wait_state(other.study_uid, "skipped", 60)
-    wait_for(lambda: node.study(positive.study_uid).deliveries[0].state == "sent", 60, "sent")
+    wait_for(lambda: node.delivery_states(positive.study_uid) == ["sent"], 60, "sent")
     kp, ko = _key(positive.study_uid), _key(other.study_uid)
 
     with _client(node) as c:
