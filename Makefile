@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
+DEBS   := dcmtk orthanc orthanc-dicomweb dicom3tools chromium postgresql
 # Every dependency (runtime and dev) is installed from requirements.lock: exact versions,
 # each file checked against its sha256 (--require-hashes), the project itself then without
 # dependencies. torch/torchvision are pinned there (requirements.in) to the releases this
@@ -52,9 +52,10 @@ audit: $(TOOLS)/.installed
 
 # Debian packages the tests use as real peers: dcmtk (storescu/storescp/dcmcjpeg...),
 # Orthanc (a real PACS) with its DICOMweb plugin (STOW-RS destinations), dicom3tools (dciodvfy, the DICOM validator) and chromium (the
-# worklist's browser test, driven by Playwright; never `playwright install`).
+# worklist's browser test, driven by Playwright; never `playwright install`) and postgresql
+# (a real server for the PostgreSQL index tests, started per run by tests/pg.py).
 debs:
-	@if [ -x /usr/bin/storescu ] && [ -x /usr/bin/dciodvfy ] && [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -x /usr/bin/chromium ]; then :; else \
+	@if [ -x /usr/bin/storescu ] && [ -x /usr/bin/dciodvfy ] && [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -x /usr/bin/chromium ] && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then :; else \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBS); \
 	fi

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from pg import PostgresServer, running_postgres
 
 from dicom_node.logs import KeyValueFormatter, quiet_pynetdicom
 
@@ -57,3 +58,16 @@ def log_capture() -> Iterator[io.StringIO]:
     yield buf
     root.removeHandler(handler)
     root.setLevel(old)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run (started on first use)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    """A fresh empty database on the session's server, as a SQLAlchemy URL."""
+    return postgres.database()
