@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -133,8 +133,21 @@ def classify(
         out.print(f"no DICOM studies found under {path}")
 
 
+Role = Literal["all", "receiver", "worker"]
+
+
 @app.command()
-def serve(config: ConfigOpt = None) -> None:
+def serve(
+    config: ConfigOpt = None,
+    role: Annotated[
+        Role | None,
+        typer.Option(
+            "--role",
+            help="all (one node), receiver (SCP + completion) or worker (inference + "
+            "delivery); default: node.role from the config",
+        ),
+    ] = None,
+) -> None:
     """Receive studies (C-STORE SCP) until SIGTERM or SIGINT, then stop cleanly."""
     from dicom_node.logs import setup_logging
     from dicom_node.service import Service
@@ -142,6 +155,10 @@ def serve(config: ConfigOpt = None) -> None:
 
     restrict_umask()  # before anything is written: every file 0600, every folder 0700
     settings = _settings(config)
+    if role is not None:
+        settings = settings.model_copy(
+            update={"node": settings.node.model_copy(update={"role": role})}
+        )
     setup_logging(settings.logging.level, fmt=settings.logging.format)
     warn_if_root()
     service = Service(settings, config)
@@ -152,13 +169,16 @@ def serve(config: ConfigOpt = None) -> None:
         service.stop(grace_s=0)
         raise typer.Exit(1) from exc
     web = f"; http on {settings.web.host}:{service.web_port}" if service.web else ""
-    if settings.node.tls.enabled and settings.node.plain_enabled:
-        web = f"; dicom-tls on {settings.node.host}:{service.tls_port}{web}"
-    elif settings.node.tls.enabled:
-        web = f" (dicom-tls only){web}"
-    sys.stdout.write(
-        f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}{web}\n"
-    )
+    if settings.node.role == "worker":
+        sys.stdout.write(f"working as {service.worker_id}{web}\n")
+    else:
+        if settings.node.tls.enabled and settings.node.plain_enabled:
+            web = f"; dicom-tls on {settings.node.host}:{service.tls_port}{web}"
+        elif settings.node.tls.enabled:
+            web = f" (dicom-tls only){web}"
+        sys.stdout.write(
+            f"listening on {settings.node.host}:{service.port} as {settings.node.ae_title}{web}\n"
+        )
     sys.stdout.flush()
     # Everything loaded at start-up (torch, pydicom's dictionaries, FastAPI's models:
     # ~130,000 objects) lives as long as the process; frozen, a full collection no longer
@@ -180,7 +200,7 @@ def studies(
 
     settings = _settings(config)
     try:
-        index = Index(settings.resolve(settings.storage.index_db))
+        index = Index(settings.index_target())
         rows = index.studies(tuple(state or ()))
         index.close()
     except NodeError as exc:
@@ -207,6 +227,36 @@ def studies(
     console.print(table)
     if choices.row_count:
         console.print(choices)
+
+
+@app.command()
+def workers(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON array")] = False,
+) -> None:
+    """The receivers and workers registered in the index: role, host, device, model, load
+    and last heartbeat (several processes share one PostgreSQL index: docs/scale-out.md)."""
+    from dicom_node.store.index import Index, iso
+
+    settings = _settings(config)
+    try:
+        index = Index(settings.index_target())
+        rows = index.workers()
+        index.close()
+    except NodeError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        sys.stdout.write(json.dumps([w.to_json() for w in rows], indent=2) + "\n")
+        return
+    table = Table(title=f"{len(rows)} processes")
+    for col in ("worker", "role", "host", "pid", "device", "model", "load", "heartbeat"):
+        table.add_column(col)
+    for w in rows:
+        table.add_row(escape(w.worker_id), w.role, escape(w.host), str(w.pid),
+                      w.device or "", w.model_uid or "", escape(json.dumps(w.load)),
+                      iso(w.heartbeat))  # fmt: skip
+    Console().print(table)
 
 
 @app.command()

@@ -157,6 +157,15 @@ class NodeSection(_Section):
     #: hostile sender cannot exhaust memory. Enhanced CT of a whole head is ~0.3-1 GB.
     max_instance_mb: int = Field(2048, ge=1)
     tls: TlsSection = Field(default_factory=TlsSection)
+    #: What this process does (docs/scale-out.md): ``all`` (one node: receive, complete,
+    #: infer, deliver), ``receiver`` (SCP, spool, completion; queues complete studies for
+    #: workers) or ``worker`` (claims queued studies: inference, SR/SC, delivery). Several
+    #: receivers and workers share one PostgreSQL index and one spool volume.
+    role: Literal["all", "receiver", "worker"] = "all"
+    #: This process's name in the index (``workers`` table, ``claimed_by``); empty = the
+    #: host name, the role and a digest of the config path, stable across restarts so
+    #: that a restarted worker takes its own unfinished studies back at once.
+    worker_id: str = ""
 
     _ae = field_validator("ae_title")(_check_ae)
 
@@ -207,6 +216,12 @@ class InferenceSection(_Section):
     #: 2/3 of it, e.g. 0.625-2.5 mm against 5 mm) into slabs of that thickness before the
     #: model (models.slabs); the SR and SC say so. ``classify`` follows the same setting.
     slab_thin_series: bool = True
+    #: A worker holds a claimed study for this long and renews the lease every third of
+    #: it; a worker that dies loses its studies to the others once the lease runs out.
+    lease_s: float = Field(30.0, gt=0)
+    #: Workers loading different model UIDs refuse to share one queue unless this is true
+    #: (a study's findings would otherwise depend on which worker happened to claim it).
+    allow_mixed_models: bool = False
     stop_timeout_s: float = Field(
         60.0,
         ge=0,

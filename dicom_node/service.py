@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -32,6 +33,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.config import Destination, Settings
+from dicom_node.errors import ConfigError
 from dicom_node.logs import quiet_pynetdicom
 from dicom_node.metrics import NodeMetrics, NodeState
 from dicom_node.net import tls
@@ -64,7 +66,9 @@ from dicom_node.pipeline.delivery import (
 )
 from dicom_node.pipeline.delivery_metrics import MeteredDeliverer
 from dicom_node.pipeline.notifying import notify_channels
-from dicom_node.pipeline.scheduler import StudyScheduler
+from dicom_node.pipeline.heartbeat import Heartbeat, check_models, default_worker_id, worker_row
+from dicom_node.pipeline.holds import HoldRefresher
+from dicom_node.pipeline.scheduler import StudyScheduler, jobs_url
 from dicom_node.store.index import STATES, Index, StudyRow, open_checked
 from dicom_node.store.spool import Spool, Stored
 
@@ -110,6 +114,11 @@ class Service:
         self.tls_server: NodelayAssociationServer | None = None  # pynetdicom, DICOM TLS
         self.tls_acceptor: Acceptor | None = None  # native, DICOM TLS
         self.web: WebServer | None = None
+        #: This process in the index's ``workers`` table (every role beats).
+        self.heartbeat: Heartbeat | None = None
+        self.worker_id = ""
+        #: Receivers sharing a PostgreSQL index: open associations hold their deadlines.
+        self.holds: HoldRefresher | None = None
         #: This node's metrics (its own registry: nodes in one process do not clash).
         self.metrics = NodeMetrics(STATES)
         self._stopped = threading.Event()
@@ -151,28 +160,46 @@ class Service:
             for i, d in enumerate(s.destinations)
             if isinstance(d, Destination) and d.tls is not None
         }
-        self.index = open_checked(s.resolve(s.storage.index_db), s.resolve(s.storage.spool_dir))
-        self.spool = spool = Spool(
-            s.resolve(s.storage.spool_dir),
-            self.index,
-            min_free_mb=s.storage.min_free_disk_mb,
-            max_spool_gb=s.storage.max_spool_gb,
-            journal_segment_mb=s.storage.journal_segment_mb or None,
-            journal_checkpoint_s=s.storage.journal_checkpoint_s,
-        )
-        self.spool.reconcile()
+        role = s.node.role
+        receives = role in ("all", "receiver")
+        infers = s.inference.enabled and role in ("all", "worker")
+        if role == "worker" and not s.inference.enabled:
+            raise ConfigError("node.role worker needs inference.enabled: true")
+        self.worker_id = s.node.worker_id or default_worker_id(role, self.key)
+        self.index = open_checked(s.index_target(), s.resolve(s.storage.spool_dir))
+        spool_dir = s.resolve(s.storage.spool_dir)
+        if receives:
+            self.spool = spool = Spool(
+                spool_dir,
+                self.index,
+                min_free_mb=s.storage.min_free_disk_mb,
+                max_spool_gb=s.storage.max_spool_gb,
+                journal_segment_mb=s.storage.journal_segment_mb or None,
+                journal_checkpoint_s=s.storage.journal_checkpoint_s,
+            )
+            self.spool.reconcile()
+            spool_bytes: Callable[[], int] = lambda: spool.size  # noqa: E731
+        else:
+            spool_bytes = lambda: 0  # noqa: E731 - a worker writes no images
         self.metrics.state.state = NodeState(
-            counts=self.index.counts, spool_bytes=lambda: spool.size, spool_dir=spool.root
+            counts=self.index.counts, spool_bytes=spool_bytes, spool_dir=spool_dir
+        )
+        kinds = ({"complete", "retention"} if receives else set()) | (
+            {"delivery"} if infers else set()
         )
         self.scheduler = StudyScheduler(
-            s.resolve(s.storage.jobs_db),
+            jobs_url(s),
             quiet_seconds=s.study.quiet_seconds,
             runtime_key=self.key,
             debounce_s=self._debounce_s,
+            kinds=frozenset(kinds),
+            owner=self.worker_id,
         )
         hooks = list(self._hooks) if self._hooks is not None else list(registered_hooks())
         hooks.append(self._observe_completion)
-        if s.inference.enabled:
+        if receives and s.inference.enabled and not infers:
+            hooks.append(self._queue_for_workers)  # role receiver: workers elsewhere claim
+        if infers:
             scu = DeliverySettings(
                 calling_ae_title=s.node.ae_title,
                 tls=client_tls,
@@ -195,20 +222,36 @@ class Service:
             register_deliverer(self.key, self.deliverer)
             self.worker = self._start_worker(self.deliverer)
             hooks.append(self.worker.enqueue)
-        self.assembler = Assembler(
-            self.index,
-            self.spool,
-            self.scheduler,
-            quiet_seconds=s.study.quiet_seconds,
-            hash_key=s.logging.hash_key,
-            retention_days=s.storage.retention_days,
-            hooks=hooks,
-            holds=self.sessions,
-        )
-        register_runtime(self.key, self.assembler)
+        else:
+            self._start_heartbeat(None, None)
+        if self.spool is not None:
+            self.assembler = Assembler(
+                self.index,
+                self.spool,
+                self.scheduler,
+                quiet_seconds=s.study.quiet_seconds,
+                hash_key=s.logging.hash_key,
+                retention_days=s.storage.retention_days,
+                hooks=hooks,
+                holds=self.sessions,
+            )
+            register_runtime(self.key, self.assembler)
         self.scheduler.start()
         if self.deliverer is not None:
             self.deliverer.reconcile()
+        if receives:
+            self._restore_deadlines()
+            if self.index.dialect != "sqlite":
+                self.holds = HoldRefresher(self.sessions, self.scheduler, s.study.quiet_seconds)
+                self.holds.start()
+            self._start_receiving(server_tls)
+        if s.web.enabled:
+            self.web = self._start_web()
+
+    def _restore_deadlines(self) -> None:
+        """The retention sweep, and a deadline for every ``receiving`` study without one."""
+        assert self.scheduler is not None and self.index is not None
+        s = self.settings
         self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
         pending = 0
         for study in self.index.studies(("receiving",)):
@@ -219,6 +262,11 @@ class Service:
                 pending += 1
         if pending:
             log.info("study.deadlines_restored", extra={"studies": pending})
+
+    def _start_receiving(self, server_tls: ssl.SSLContext | None) -> None:
+        """Listen for associations (plain and/or DICOM TLS, on the configured engine)."""
+        assert self.spool is not None
+        s = self.settings
         self.ae = build_ae(s.node)
         store = StoreHandler(
             self.spool, s.logging.hash_key, self._on_stored, self._busy, self.metrics,
@@ -249,8 +297,6 @@ class Service:
                     ssl_context=server_tls, metrics=self.metrics,
                     pdu_timeout_s=s.node.pdu_timeout_s,
                 )  # fmt: skip
-        if s.web.enabled:
-            self.web = self._start_web()
 
     def _handlers(self, store: StoreHandler) -> list[EventHandlerType]:
         s = self.settings
@@ -286,7 +332,10 @@ class Service:
         s = self.settings
         assert self.index is not None
         studies = StudySource(self.index, s.resolve(s.storage.spool_dir), s.logging.hash_key, self)
-        ctx = WebContext(self.metrics, self.readiness, Authenticator(s.web), studies)
+        ctx = WebContext(
+            self.metrics, self.readiness, Authenticator(s.web), studies,
+            role=s.node.role, worker_id=self.worker_id,
+        )  # fmt: skip
         web = WebServer(create_app(ctx), s.web.host, s.web.port)
         web.start()
         if not s.web.users and not s.web.api_tokens:
@@ -351,6 +400,35 @@ class Service:
             return all(a.listening for a in acceptors)
         return self.server is not None or self.tls_server is not None
 
+    def _queue_for_workers(self, study: StudyRow) -> None:
+        """Role ``receiver``: a complete study goes to the shared queue (``queued``), where
+        a worker process claims it (:meth:`~dicom_node.store.index.Index.claim_next`)."""
+        assert self.index is not None
+        if self.index.set_state(
+            study.study_uid, "queued", expect=("complete",), generation=study.generation
+        ):
+            log.info("study.queued", extra={"n": study.instances})
+
+    def _start_heartbeat(self, device: str | None, model_uid: str | None) -> None:
+        """Register this process in the index and beat (a worker's beat renews its
+        leases and returns expired ones to the queue)."""
+        assert self.index is not None
+        s = self.settings
+        worker = self.worker
+        if worker is not None:
+            load: Callable[[], dict[str, object]] = worker.load
+        else:
+            load = lambda: {"associations": len(self.sessions)}  # noqa: E731
+        self.heartbeat = Heartbeat(
+            self.index,
+            worker_row(self.worker_id, s.node.role, device, model_uid),
+            load,
+            lease_s=s.inference.lease_s,
+            claims=worker is not None,
+            on_requeued=(lambda n: worker.wake()) if worker is not None else None,
+        )
+        self.heartbeat.start()
+
     def _observe_completion(self, study: StudyRow) -> None:
         self.metrics.study_completed(study.last_received, study.completed_at)
 
@@ -391,6 +469,9 @@ class Service:
             )
         except ModelsError as exc:
             unavailable = f"no model loaded ({exc})"
+        model_uid = predictor.meta.model_uid if predictor is not None else None
+        if not s.inference.allow_mixed_models:
+            check_models(self.index, self.worker_id, model_uid, s.inference.lease_s)
         worker = InferenceWorker(
             self.index,
             s.resolve(s.storage.spool_dir),
@@ -401,7 +482,15 @@ class Service:
             unavailable=unavailable,
             series_rules=s.series_choice.series_rules(),
             metrics=self.metrics,
+            worker_id=self.worker_id,
+            lease_s=s.inference.lease_s,
+            # Alone on SQLite every queued study wakes this worker; sharing a PostgreSQL
+            # queue, studies queued by receivers elsewhere are found by looking.
+            poll_s=5.0 if self.index.dialect == "sqlite" else 0.5,
         )
+        self.worker = worker
+        device = str(predictor.device) if predictor is not None else None
+        self._start_heartbeat(device, model_uid)
         worker.start()
         return worker
 
@@ -454,8 +543,12 @@ class Service:
         self.metrics.state.state = None
         if self.spool is not None:
             self.spool.close()  # checkpoint the journal: nothing left to replay at the next start
+        if self.holds is not None:
+            self.holds.stop()
         if self.worker is not None:
             self.worker.stop(self.settings.inference.stop_timeout_s)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         unregister_runtime(self.key)

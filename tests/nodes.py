@@ -259,10 +259,12 @@ class ServeProcess:
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)
-        if not line.startswith("listening on"):
+        #: ``node.role worker`` listens for no association: it says "working as <id>"
+        self.worker_id = line.split()[2].rstrip(";") if line.startswith("working as") else ""
+        if not line.startswith("listening on") and not self.worker_id:
             self.kill()
             raise AssertionError(f"serve did not start: {log.read_text(encoding='utf-8')}")
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
+        self.port = int(line.split()[2].rsplit(":", 1)[1]) if not self.worker_id else 0
 
     def _close(self) -> None:
         if self.proc.stdout is not None:

@@ -119,6 +119,21 @@ class Sessions:
                     held = max(held, session.last_pdu)
         return held
 
+    def active_holds(self, idle_s: float, now: float) -> dict[str, float]:
+        """Every study an open, active association holds, with its last PDU's time.
+
+        Receivers sharing one index (docs/scale-out.md) push these studies' deadlines
+        ahead (:class:`dicom_node.pipeline.holds.HoldRefresher`): the completion job may
+        run in another receiver, which cannot see this process's associations.
+        """
+        held: dict[str, float] = {}
+        with self._lock:
+            for session in self._open.values():
+                if now - session.last_pdu < idle_s:
+                    for uid in session.studies:
+                        held[uid] = max(held.get(uid, 0.0), session.last_pdu)
+        return held
+
     def forget(self, study_uid: str) -> None:
         """The study completed: its release time is no longer needed."""
         with self._lock:

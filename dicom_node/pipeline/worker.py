@@ -1,8 +1,13 @@
 """The processing queue and the one inference worker that owns the model.
 
 Complete studies become ``queued`` in the index (nothing is held only in memory, so a
-restart resumes them); ``processing`` studies found at start-up were interrupted and go
-back to ``queued``. Two threads form a two-stage pipeline:
+restart resumes them). A worker claims a study atomically under a lease
+(:meth:`~dicom_node.store.index.Index.claim_next`: ``processing``, ``claimed_by`` this
+worker), so several workers, in one or many processes around a PostgreSQL index, never
+take the same study; a worker that dies loses its studies to the others when the lease
+runs out, and a restarted one (same ``worker_id``) takes its own back at once. Every write
+that ends processing names the owner: a worker whose lease was taken over cannot
+overwrite the new owner's work. Two threads form a two-stage pipeline:
 
 * **prepare**: claims the oldest queued study (``processing``), chooses the series
   (:func:`models.series_choice.choose_series`) and records the outcome for every series
@@ -97,6 +102,9 @@ class InferenceWorker:
         unavailable: str | None = None,
         series_rules: Sequence[SeriesRule] = (),
         metrics: NodeMetrics | None = None,
+        worker_id: str = "local",
+        lease_s: float = 30.0,
+        poll_s: float = IDLE_POLL_S,
     ) -> None:
         self.index = index
         self.spool_dir = spool_dir
@@ -107,6 +115,14 @@ class InferenceWorker:
         self.series_rules = tuple(series_rules)  # the site's series_choice.rules
         self.unavailable = unavailable if predictor is None else None
         self.metrics = metrics
+        #: Who claims (``studies.claimed_by``) and for how long; the service's heartbeat
+        #: renews the lease while a study is in hand (:mod:`dicom_node.pipeline.heartbeat`).
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        #: How long an idle worker waits before it looks at the queue again: other
+        #: processes (receivers, other workers) cannot wake this one, only the index can.
+        self.poll_s = poll_s
+        self.processed = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         # set when stop() gave up waiting: the study in hand is left to the next start
@@ -149,13 +165,12 @@ class InferenceWorker:
     def start(self) -> None:
         """Requeue interrupted work, queue completed studies, start the two stages."""
         private_dir(self.results_dir)  # created, or tightened if an older start left it open
-        resumed = 0
-        for study in self.index.studies(("processing", "complete")):
+        # Studies this worker held when it stopped (same id: at once) and any whose
+        # worker's lease ran out; then those a crash left ``complete`` before queueing.
+        resumed = len(self.index.requeue_expired(owner=self.worker_id))
+        for study in self.index.studies(("complete",)):
             if self.index.set_state(
-                study.study_uid,
-                "queued",
-                expect=("processing", "complete"),
-                generation=study.generation,
+                study.study_uid, "queued", expect=("complete",), generation=study.generation
             ):
                 resumed += 1
         if resumed:
@@ -207,13 +222,17 @@ class InferenceWorker:
 
     # -- prepare stage ----------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Look at the queue now (a study was queued or a lease returned one)."""
+        self._wake.set()
+
+    def load(self) -> dict[str, Any]:
+        """What this worker is doing, for its heartbeat row."""
+        return {"busy": self._current is not None, "processed": self.processed}
+
     def _claim(self) -> StudyRow | None:
-        for study in self.index.studies(("queued",)):
-            if self.index.set_state(
-                study.study_uid, "processing", expect=("queued",), generation=study.generation
-            ):
-                return self.index.study(study.study_uid)
-        return None
+        """The oldest queued study, claimed atomically under this worker's lease."""
+        return self.index.claim_next(self.worker_id, self.lease_s)
 
     def _prepare_loop(self) -> None:
         while not self._stop.is_set():
@@ -228,7 +247,7 @@ class InferenceWorker:
                 log.error("worker.claim_failed", extra={"error": type(exc).__name__})
             if study is None:
                 self._slot.release()
-                self._wake.wait(IDLE_POLL_S)
+                self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
             prepared = self._prepare_guarded(study)
@@ -312,6 +331,7 @@ class InferenceWorker:
                     "queued",
                     expect=("processing",),
                     generation=prepared.study.generation,
+                    owner=self.worker_id,
                 )
                 continue
             self._current = prepared.study
@@ -407,7 +427,11 @@ class InferenceWorker:
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
         if not self.index.save_result(
-            study.study_uid, study.generation, json.dumps(pred.findings()), json.dumps(result)
+            study.study_uid,
+            study.generation,
+            json.dumps(pred.findings()),
+            json.dumps(result),
+            owner=self.worker_id,
         ):
             log.info(
                 "study.superseded_during_processing",
@@ -427,6 +451,7 @@ class InferenceWorker:
                 **{f"{k}_s": round(v, 3) for k, v in timings.items()},
             },
         )
+        self.processed += 1
         self.deliver(study.study_uid, study.generation, paths)
 
     def _finish(self, study: StudyRow, state: StudyState, reason: str) -> None:
@@ -437,6 +462,7 @@ class InferenceWorker:
             reason,
             expect=("processing",),
             generation=study.generation,
+            owner=self.worker_id,
         ):
             log.warning("study.finished", extra={"study": key, "state": state, "reason": reason})
             # Beside the results, for ``reindex``: without it a lost index would have the

@@ -43,6 +43,24 @@ def study_or_404(src: StudySource, key: str) -> StudyRow:
     return row
 
 
+@router.get("/health")
+def health(ctx: Ctx, who: Who) -> JSONResponse:
+    """This process and every receiver and worker on its index (one node, or several
+    processes around one PostgreSQL database): role, host, device, model UID, load and
+    last heartbeat; studies per state and pending deliveries."""
+    index = source(ctx).index
+    states, pending = index.counts()
+    body = {
+        "role": ctx.role,
+        "worker_id": ctx.worker_id,
+        "version": ctx.version,
+        "studies": {s: states.get(s, 0) for s in STATES},
+        "pending_deliveries": pending,
+        "workers": [w.to_json() for w in index.workers()],
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
 @router.get("/studies")
 def list_studies(
     ctx: Ctx,

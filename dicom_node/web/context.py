@@ -38,6 +38,9 @@ class WebContext:
     studies: StudySource | None = None
     started: float = field(default_factory=time.time)
     version: str = __version__
+    #: ``node.role`` of this process and its name in the index's ``workers`` table.
+    role: str = "all"
+    worker_id: str = ""
 
 
 def context(request: Request) -> WebContext:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from nodes import Node, Orthanc, running_nodes
+from pg import PostgresServer
 from pipeline.support import (
     RecordingPacs,
     make_checkpoint,
@@ -30,14 +31,48 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_backend(request: pytest.FixtureRequest) -> str:
+    """Every pipeline test runs on both index databases: the embedded SQLite default and
+    a real PostgreSQL server (what several receivers and workers share)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def index_for(
+    index_backend: str, request: pytest.FixtureRequest
+) -> Callable[[Path], dict[str, Any]]:
+    """``index_for(root)``: the ``storage`` settings of a node kept in ``root``. On
+    PostgreSQL each root gets a database of its own, and the same one again when a test
+    restarts the node on that root."""
+    server: PostgresServer | None = (
+        request.getfixturevalue("postgres") if index_backend == "postgresql" else None
+    )
+    urls: dict[Path, str] = {}
+
+    def storage(root: Path) -> dict[str, Any]:
+        if server is None:
+            return {}
+        if root not in urls:
+            urls[root] = server.database()
+        return {"index_db": urls[root]}
+
+    return storage
+
+
 @pytest.fixture
 def start_node(
-    tmp_path: Path, checkpoint: Path, log_capture: io.StringIO
+    tmp_path: Path,
+    checkpoint: Path,
+    log_capture: io.StringIO,
+    index_for: Callable[[Path], dict[str, Any]],
 ) -> Iterator[Callable[..., Node]]:
     """Factory: ``start_node(destinations, root=None, **sections)`` runs a node with
-    inference on in this process; every node is stopped at teardown."""
+    inference on in this process (index on SQLite or PostgreSQL, see ``index_backend``);
+    every node is stopped at teardown."""
 
     def make_config(base: Path, destinations: list[dict[str, Any]], **sections: Any) -> Path:
+        sections["storage"] = {**index_for(base), **sections.get("storage", {})}
         return pipeline_config(base, checkpoint, destinations, **sections)
 
     with running_nodes(tmp_path, log_capture, make_config) as start:

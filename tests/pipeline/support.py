@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import subprocess
 import threading
 import urllib.error
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import sqlalchemy as sa
 import yaml
 from nodes import ORTHANC, PEER_ENV, SENTINEL_ID, SENTINEL_NAME, Orthanc, write_config
 from peers import free_port
@@ -29,6 +29,7 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node.config import load_settings
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.network import CNNLSTM, NetworkConfig
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
@@ -88,10 +89,11 @@ def pipeline_config(
     """A node config with inference on (CPU) and ``destinations``; quiet period 1 s."""
     inference = {"enabled": True, "checkpoint": str(checkpoint), "device": "cpu", "amp": False}
     inference.update(sections.pop("inference", {}))
+    storage = {"results_dir": "results", **sections.pop("storage", {})}
     cfg = write_config(
         root,
         inference=inference,
-        storage={"results_dir": "results"},
+        storage=storage,
         logging={"level": "DEBUG", "hash_key": "test-key"},
         **sections,
     )
@@ -173,31 +175,67 @@ def start_pacs(
     return pacs
 
 
-def study_state(index_db: Path, study_uid: str) -> dict[str, Any] | None:
-    """A study's state, result and deliveries, read from the index without writing to it
-    (the node in another process owns the file; a read-only connection cannot disturb it)."""
-    if not index_db.exists():
-        return None
-    db = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True, timeout=10)
+def index_url(config: Path) -> str:
+    """The SQLAlchemy URL of a node's index, from its config file (SQLite or PostgreSQL)."""
+    target = load_settings(config).index_target()
+    return f"sqlite:///{target}" if isinstance(target, Path) else target
+
+
+def index_sql(config: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a node's index from outside the node (a second connection, as
+    an admin's tool would): the rows it returns, committed. Empty when the index does not
+    exist yet (SQLite: no file; the node is still creating its schema)."""
+    url = index_url(config)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
-        row = db.execute(
-            "SELECT state, reason, generation, result FROM studies WHERE study_uid = ?",
-            (study_uid,),
-        ).fetchone()
-        if row is None:
-            return None
-        deliveries = {
-            d[0]: {"state": d[1], "attempts": int(d[2]), "generation": int(d[3])}
-            for d in db.execute(
-                "SELECT destination, state, attempts, generation FROM deliveries "
-                "WHERE study_uid = ?",
-                (study_uid,),
-            )
-        }
-    except sqlite3.OperationalError:  # the node is still creating its schema
-        return None
+        with engine.begin() as con:
+            result = con.execute(sa.text(sql), params)
+            return [tuple(r) for r in result] if result.returns_rows else []
+    except sa.exc.ProgrammingError:  # PostgreSQL: no table yet
+        return []
+    except sa.exc.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
     finally:
-        db.close()
+        engine.dispose()
+
+
+def lose_index(config: Path) -> None:
+    """The index is gone while the node is stopped: its SQLite files deleted, or every
+    table of its PostgreSQL database dropped (the spool and results stay)."""
+    url = index_url(config)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return
+    index_sql(config, "DROP SCHEMA public CASCADE")
+    index_sql(config, "CREATE SCHEMA public")
+
+
+def study_state(config: Path, study_uid: str) -> dict[str, Any] | None:
+    """A study's state, result and deliveries, read from the index by a second connection
+    (the node in another process owns it; reads cannot disturb it)."""
+    rows = index_sql(
+        config,
+        "SELECT state, reason, generation, result FROM studies WHERE study_uid = :uid",
+        uid=study_uid,
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    deliveries = {
+        d[0]: {"state": d[1], "attempts": int(d[2]), "generation": int(d[3])}
+        for d in index_sql(
+            config,
+            "SELECT destination, state, attempts, generation FROM deliveries "
+            "WHERE study_uid = :uid",
+            uid=study_uid,
+        )
+    }
     return {
         "state": row[0],
         "reason": row[1],

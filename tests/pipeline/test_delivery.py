@@ -6,14 +6,13 @@ small here); the PACS is a pynetdicom Storage SCP in this process on a loopback 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nodes import Node, storescu
 from peers import free_port
-from pipeline.support import RecordingPacs, assert_no_phi, destination, phantom
+from pipeline.support import RecordingPacs, assert_no_phi, destination, index_sql, phantom
 from pipeline.test_worker import FINAL, wait_study
 
 from dicom_node.pipeline.delivery import delivery_job_id
@@ -111,9 +110,7 @@ def test_result_recorded_but_never_enqueued_is_delivered_at_the_next_start(
     sent_before = pacs.sop_counts()
     node.service.stop()
     # The state such a crash leaves: the result is recorded, no delivery was enqueued.
-    with sqlite3.connect(root / "index.sqlite") as db:
-        db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study.study_uid,))
-    db.close()
+    index_sql(node.config, "DELETE FROM deliveries WHERE study_uid = :uid", uid=study.study_uid)
     again = start_node([destination(pacs.port)], root=root)
     row = wait_study(
         again,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 from nodes import SENTINEL_ID, SENTINEL_NAME, Node, storescu, wait_for
-from pipeline.support import phantom
+from pipeline.support import lose_index, phantom
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
@@ -52,8 +52,7 @@ def test_reindex_restores_skipped_and_failed_with_their_reason(
     for secret in (SENTINEL_NAME, SENTINEL_ID):  # UIDs and reasons, no patient data
         assert secret not in markers
     node.service.stop()
-    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
-        (root / name).unlink(missing_ok=True)
+    lose_index(node.config)
 
     rebuilt = CliRunner().invoke(app, ["reindex", "--config", str(node.config)])
     assert rebuilt.exit_code == 0, rebuilt.output
@@ -92,8 +91,7 @@ def test_reindex_receives_again_a_skipped_study_that_grew(
     spooled = root / "spool" / study.study_uid / str(ds.SeriesInstanceUID)
     target = spooled / f"{ds.SOPInstanceUID}.dcm"
     target.write_bytes(late.read_bytes())
-    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
-        (root / name).unlink(missing_ok=True)
+    lose_index(node.config)
     rebuilt = CliRunner().invoke(app, ["reindex", "--config", str(node.config)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "0 (skipped), 0 (failed) and 1 (changed since" in rebuilt.stdout

@@ -38,18 +38,20 @@ def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_killed_while_processing_resumes_and_delivers_once(
-    tmp_path: Path, slow_checkpoint: Path, pacs_factory: Callable[..., RecordingPacs]
+    tmp_path: Path,
+    slow_checkpoint: Path,
+    pacs_factory: Callable[..., RecordingPacs],
+    index_for: Callable[[Path], dict[str, Any]],
 ) -> None:
     pacs = pacs_factory()
     root = tmp_path / "site"
     root.mkdir()
-    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)])
-    index_db = root / "index.sqlite"
+    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)], storage=index_for(root))
     log = tmp_path / "serve.log"
     study = phantom(tmp_path / "src", seed=71, n_slices=24, size=128)
 
     def state() -> dict[str, Any] | None:
-        return study_state(index_db, study.study_uid)
+        return study_state(cfg, study.study_uid)
 
     node = ServeProcess(cfg, log)
     try:
@@ -101,7 +103,10 @@ def test_killed_while_processing_resumes_and_delivers_once(
 
 
 def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
-    tmp_path: Path, slow_checkpoint: Path, pacs_factory: Callable[..., RecordingPacs]
+    tmp_path: Path,
+    slow_checkpoint: Path,
+    pacs_factory: Callable[..., RecordingPacs],
+    index_for: Callable[[Path], dict[str, Any]],
 ) -> None:
     """A clean stop (SIGTERM) while one study is inferred and the next one is prepared:
     the first is finished, the second goes back to ``queued`` (not left ``processing``),
@@ -109,15 +114,14 @@ def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
     pacs = pacs_factory()
     root = tmp_path / "site"
     root.mkdir()
-    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)])
-    index_db = root / "index.sqlite"
+    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)], storage=index_for(root))
     log = tmp_path / "serve.log"
     first = phantom(tmp_path / "a", seed=72, n_slices=24, size=128)
     second = phantom(tmp_path / "b", seed=73, n_slices=24, size=128)
 
     def states() -> list[str | None]:
         return [
-            (s := study_state(index_db, study.study_uid)) and s["state"]
+            (s := study_state(cfg, study.study_uid)) and s["state"]
             for study in (first, second)
         ]
 
@@ -137,7 +141,7 @@ def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
     try:
         wait_for(
             lambda: all(
-                (s := study_state(index_db, study.study_uid)) is not None
+                (s := study_state(cfg, study.study_uid)) is not None
                 and s["deliveries"].get("pacs", {}).get("state") == "sent"
                 for study in (first, second)
             ),

@@ -230,7 +230,7 @@ def test_stop_past_its_timeout_leaves_the_study_to_the_next_start(
     assert "worker.stop_timeout" in text
     assert "worker.abandoned" in text
     assert "Traceback" not in text
-    state = study_state(root / "index.sqlite", study.study_uid)
+    state = study_state(root / "config.yaml", study.study_uid)
     assert state is not None
     assert state["state"] == "processing"
 
