@@ -395,6 +395,8 @@ class Service:
     def _listening(self) -> bool:
         if self._stopped.is_set():
             return False
+        if self.settings.node.role == "worker":
+            return True  # a worker listens for no association: nothing to check
         acceptors = [a for a in (self.acceptor, self.tls_acceptor) if a is not None]
         if acceptors:
             return all(a.listening for a in acceptors)
