@@ -65,9 +65,9 @@ from dicom_node.pipeline.delivery import (
     unregister_deliverer,
 )
 from dicom_node.pipeline.delivery_metrics import MeteredDeliverer
-from dicom_node.pipeline.notifying import notify_channels
 from dicom_node.pipeline.heartbeat import Heartbeat, check_models, default_worker_id, worker_row
 from dicom_node.pipeline.holds import HoldRefresher
+from dicom_node.pipeline.notifying import notify_channels
 from dicom_node.pipeline.scheduler import StudyScheduler, jobs_url
 from dicom_node.store.index import STATES, Index, StudyRow, open_checked
 from dicom_node.store.spool import Spool, Stored

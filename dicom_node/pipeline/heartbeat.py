@@ -97,9 +97,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         """One beat: this row's time and load, this worker's leases, expired leases."""
-        self.index.heartbeat(
-            self.worker_id, self.load(), self.lease_s if self.claims else None
-        )
+        self.index.heartbeat(self.worker_id, self.load(), self.lease_s if self.claims else None)
         if self.claims:
             back = self.index.requeue_expired()
             if back:
@@ -125,9 +123,7 @@ class Heartbeat:
             log.warning("heartbeat.unregister_failed", extra={"error": type(exc).__name__})
 
 
-def worker_row(
-    worker_id: str, role: str, device: str | None, model_uid: str | None
-) -> WorkerRow:
+def worker_row(worker_id: str, role: str, device: str | None, model_uid: str | None) -> WorkerRow:
     """This process as the ``workers`` table lists it (load comes with each beat)."""
     now = time.time()
     return WorkerRow(

@@ -121,8 +121,7 @@ def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
 
     def states() -> list[str | None]:
         return [
-            (s := study_state(cfg, study.study_uid)) and s["state"]
-            for study in (first, second)
+            (s := study_state(cfg, study.study_uid)) and s["state"] for study in (first, second)
         ]
 
     node = ServeProcess(cfg, log)

@@ -53,8 +53,13 @@ class Cluster:
         base = self.root / name
         base.mkdir(parents=True, exist_ok=True)
         cfg: dict[str, Any] = {
-            "node": {"ae_title": NODE_AET, "host": "127.0.0.1", "port": 0, "role": role,
-                     "worker_id": name},  # fmt: skip
+            "node": {
+                "ae_title": NODE_AET,
+                "host": "127.0.0.1",
+                "port": 0,
+                "role": role,
+                "worker_id": name,
+            },  # fmt: skip
             "storage": {
                 "spool_dir": str(self.spool),
                 "results_dir": str(self.results),
@@ -64,8 +69,13 @@ class Cluster:
             },
             "study": {"quiet_seconds": self.quiet_s},
             "web": {"enabled": False},
-            "inference": {"enabled": True, "checkpoint": str(self.checkpoint), "device": "cpu",
-                          "amp": False, "lease_s": self.lease_s},  # fmt: skip
+            "inference": {
+                "enabled": True,
+                "checkpoint": str(self.checkpoint),
+                "device": "cpu",
+                "amp": False,
+                "lease_s": self.lease_s,
+            },  # fmt: skip
             "logging": {"level": "DEBUG", "hash_key": "test-key"},
             "destinations": [destination(self.orthanc.dicom_port, ae_title=self.orthanc.aet)],
         }
@@ -128,4 +138,3 @@ class Cluster:
                 1 for ln in text.splitlines() if f"event={event} " in ln + " "
             )
         return counts
-

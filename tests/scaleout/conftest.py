@@ -36,5 +36,3 @@ def cluster(
         yield c
     finally:
         c.stop_all()
-
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-from nodes import NODE_AET, Orthanc, storescu, wait_for
+from nodes import NODE_AET, SENTINEL_ID, SENTINEL_NAME, Orthanc, storescu, wait_for
 from pg import PostgresServer
 from pipeline.support import phantom
 from pynetdicom import AE
@@ -20,7 +20,6 @@ from reliability.crash_support import pacs_results
 from scaleout.cluster import Cluster
 
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
-from nodes import SENTINEL_ID, SENTINEL_NAME
 
 STUDIES = 20
 

@@ -1,0 +1,254 @@
+"""Scale-out figures (issue 14): the index on SQLite against PostgreSQL, two receivers on
+one PostgreSQL, and how fast N workers claim and finish queued studies.
+
+1. **Ingest, SQLite vs PostgreSQL**: one receiver (receive-only node, as in
+   ``bench/ingest.py``), the same files over one and over four associations, once with
+   the embedded SQLite index and once on PostgreSQL (a throwaway server of Debian's
+   package, started here like the tests do, ``tests/pg.py``). Runs interleave; the ratio
+   PostgreSQL/SQLite is printed run by run and as the ratio of medians.
+2. **Two receivers on one PostgreSQL**, four associations each (eight storescu processes
+   at once, half the files each): aggregate images/s against one receiver taking all the
+   files over four associations, in the same run.
+3. **Claim throughput**: ``--studies`` queued studies in a PostgreSQL index, then N worker
+   processes (N = 1, 2, 4) each claim the oldest queued study
+   (:meth:`~dicom_node.store.index.Index.claim_next`, ``FOR UPDATE SKIP LOCKED``) and
+   finish it at once (``save_result`` guarded by the owner: a no-op predictor) until the
+   queue is empty: studies/s for each N; SQLite (one file, the same code) beside it.
+
+Every figure is a ratio or a rate measured on this machine in one run; the cores a
+machine has bound what more processes can add (``os.cpu_count()`` is printed).
+
+Usage::
+
+    .venv/bin/python bench/scaleout.py [--n 500] [--repeat 3] [--studies 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the throwaway PostgreSQL server of the tests
+sys.path.insert(2, str(REPO / "bench"))
+
+from ingest import OurNode, make_data, send  # noqa: E402
+from pg import PostgresServer, running_postgres  # noqa: E402
+
+
+class PgNode(OurNode):
+    """The receive-only node with its index (and timers) on PostgreSQL: a fresh database
+    at every start (each run starts empty, as the SQLite node does), or ``url`` and a
+    ``spool`` folder shared with other receivers."""
+
+    def __init__(
+        self, server: PostgresServer, name: str, *, url: str = "", spool: Path | None = None
+    ) -> None:
+        super().__init__(name=name)
+        self.server, self.url, self.spool = server, url, spool
+
+    def start(self, work: Path) -> int:
+        # later keys of a YAML flow mapping win over the bench's defaults (ingest.OurNode)
+        self.storage = f"index_db: '{self.url or self.server.database('ingest')}'"
+        if self.spool is not None:
+            self.storage += f", spool_dir: '{self.spool}'"
+        return super().start(work)
+
+
+def ingest(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, list[float]]:
+    sqlite_node = OurNode(name="node, SQLite index")
+    pg_node = PgNode(server, "node, PostgreSQL index")
+    rates: dict[str, list[float]] = {}
+    for rep in range(repeat):
+        for parallel in (1, 4):
+            for rx in (sqlite_node, pg_node) if rep % 2 == 0 else (pg_node, sqlite_node):
+                with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-scale-") as d:
+                    port = rx.start(Path(d))
+                    try:
+                        dt = send(port, rx.aec, files, parallel)
+                        got = rx.count()
+                    finally:
+                        rx.stop()
+                if got != len(files):
+                    raise RuntimeError(f"{rx.name} stored {got} of {len(files)}")
+                rate = len(files) / dt
+                rates.setdefault(f"{rx.name}|{parallel}", []).append(rate)
+                print(f"run {rep + 1} {rx.name:26s} x{parallel}: {rate:7.1f} images/s",
+                      file=sys.stderr)  # fmt: skip
+    return rates
+
+
+def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, list[float]]:
+    """One receiver with 4 associations vs two receivers with 4 each, on one database."""
+    rates: dict[str, list[float]] = {}
+    for rep in range(repeat):
+        for layout in ("one", "two") if rep % 2 == 0 else ("two", "one"):
+            url = server.database("pair")
+            with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-scale-") as d:
+                spool = Path(d) / "shared-spool"
+                nodes = [
+                    PgNode(server, f"receiver {i}", url=url, spool=spool)
+                    for i in range(1 if layout == "one" else 2)
+                ]
+                ports = []
+                for i, node in enumerate(nodes):
+                    work = Path(d) / f"r{i}"
+                    work.mkdir()
+                    ports.append(node.start(work))
+                shares = [files[i :: len(nodes)] for i in range(len(nodes))]
+                elapsed: list[float] = [0.0] * len(nodes)
+
+                def push(i: int, port: int) -> None:
+                    elapsed[i] = send(port, "ICHNODE", shares[i], 4)
+
+                t0 = time.perf_counter()
+                threads = [threading.Thread(target=push, args=(i, p)) for i, p in enumerate(ports)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                dt = time.perf_counter() - t0
+                got = sum(1 for _ in spool.rglob("*.dcm"))
+                for node in nodes:
+                    node.stop()
+            if got != len(files):
+                raise RuntimeError(f"{layout} receiver(s) stored {got} of {len(files)}")
+            rate = len(files) / dt
+            rates.setdefault(layout, []).append(rate)
+            print(f"run {rep + 1} {layout} receiver(s) x4 each: {rate:7.1f} images/s",
+                  file=sys.stderr)  # fmt: skip
+    return rates
+
+
+# -- claim throughput -------------------------------------------------------------------
+
+
+def _claimer(target: str, worker: str, lease_s: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    from dicom_node.store.index import Index
+
+    index = Index(target)
+    done = 0
+    t0 = time.perf_counter()
+    try:
+        while (study := index.claim_next(worker, lease_s)) is not None:
+            if index.save_result(study.study_uid, study.generation, "{}", "{}", owner=worker):
+                done += 1
+    finally:
+        index.close()
+    out.put((worker, done, time.perf_counter() - t0))
+
+
+def _queue_studies(target: str, n: int) -> None:
+    from dicom_node.store.index import Index, InstanceRow
+
+    index = Index(target)
+    try:
+        now = time.time()
+        for i in range(n):
+            uid = f"1.2.826.0.1.3680043.10.1{i:06d}"
+            index.record(InstanceRow(f"{uid}.1", uid, f"{uid}.2", "1.2.840.10008.5.1.4.1.1.2",
+                                     "1.2.840.10008.1.2.1", True, 1, f"{uid}/x.dcm",
+                                     now + i * 1e-3))  # fmt: skip
+            index.set_state(uid, "queued")
+    finally:
+        index.close()
+
+
+def claims(server: PostgresServer, studies: int, repeat: int) -> dict[str, list[float]]:
+    ctx = mp.get_context("spawn")
+    rates: dict[str, list[float]] = {}
+    for rep in range(repeat):
+        for backend in ("postgresql", "sqlite"):
+            for n in (1, 2, 4):
+                with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-claim-") as d:
+                    target = (
+                        server.database("claims") if backend == "postgresql"
+                        else str(Path(d) / "index.sqlite")
+                    )  # fmt: skip
+                    _queue_studies(target, studies)
+                    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+                    procs = [
+                        ctx.Process(target=_claimer, args=(target, f"w{i}", 60.0, out))
+                        for i in range(n)
+                    ]
+                    t0 = time.perf_counter()
+                    for p in procs:
+                        p.start()
+                    results = [out.get(timeout=600) for _ in procs]
+                    dt = time.perf_counter() - t0
+                    for p in procs:
+                        p.join()
+                done = sum(r[1] for r in results)
+                if done != studies:
+                    raise RuntimeError(f"{backend} x{n}: {done} of {studies} finished")
+                # the slowest worker's own loop time: process start-up (imports) excluded
+                loop_s = max(r[2] for r in results)
+                rate = studies / loop_s
+                rates.setdefault(f"{backend}|{n}", []).append(rate)
+                per = sorted(r[1] for r in results)
+                print(f"run {rep + 1} {backend:10s} {n} worker(s): {rate:7.1f} studies/s "
+                      f"(each took {per}; wall with start-up {dt:.1f} s)",
+                      file=sys.stderr)  # fmt: skip
+    return rates
+
+
+def _med(r: list[float]) -> float:
+    return statistics.median(r)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=500, help="CT instances per ingest run")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--studies", type=int, default=400, help="queued studies per claim run")
+    ap.add_argument("--data", type=Path, default=REPO / "var" / "bench" / "ingest-data")
+    ap.add_argument("--only", choices=["ingest", "pair", "claims"], action="append")
+    args = ap.parse_args()
+    parts = args.only or ["ingest", "pair", "claims"]
+    (REPO / "var").mkdir(exist_ok=True)
+    cmd = "python bench/scaleout.py " + " ".join(sys.argv[1:])
+    out: dict[str, object] = {"command": cmd, "cpus": os.cpu_count()}
+    with running_postgres() as server:
+        if "ingest" in parts or "pair" in parts:
+            files = make_data(args.data, args.n)
+        if "ingest" in parts:
+            r = ingest(files, server, args.repeat)
+            out["ingest"] = r
+            for p in (1, 4):
+                pg, lite = r[f"node, PostgreSQL index|{p}"], r[f"node, SQLite index|{p}"]
+                pairs = [round(a / b, 3) for a, b in zip(pg, lite, strict=True)]
+                print(f"- ingest x{p}: SQLite {_med(lite):.0f} images/s, PostgreSQL "
+                      f"{_med(pg):.0f} images/s, PostgreSQL/SQLite {_med(pg) / _med(lite):.3f} "
+                      f"(run by run {pairs})")  # fmt: skip
+        if "pair" in parts:
+            r = two_receivers(files, server, args.repeat)
+            out["pair"] = r
+            print(f"- one receiver x4: {_med(r['one']):.0f} images/s; two receivers x4 each: "
+                  f"{_med(r['two']):.0f} images/s; two/one {_med(r['two']) / _med(r['one']):.3f} "
+                  f"(runs one {[round(x) for x in r['one']]}, two {[round(x) for x in r['two']]})")  # fmt: skip
+        if "claims" in parts:
+            r = claims(server, args.studies, args.repeat)
+            out["claims"] = r
+            for backend in ("postgresql", "sqlite"):
+                base = _med(r[f"{backend}|1"])
+                row = ", ".join(
+                    f"{n} worker{'s' if n > 1 else ''} {_med(r[f'{backend}|{n}']):.0f}/s "
+                    f"({_med(r[f'{backend}|{n}']) / base:.2f}x)"
+                    for n in (1, 2, 4)
+                )
+                print(f"- claims, {backend}: {row}")
+    print(json.dumps(out))
+    print(f"Command: `{cmd}` on {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()
