@@ -107,7 +107,10 @@ def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dic
                 shares = [files[i :: len(nodes)] for i in range(len(nodes))]
                 elapsed: list[float] = [0.0] * len(nodes)
 
-                def push(i: int, port: int) -> None:
+                def push(
+                    i: int, port: int, shares: list[list[Path]] = shares,
+                    elapsed: list[float] = elapsed,
+                ) -> None:  # fmt: skip
                     elapsed[i] = send(port, "ICHNODE", shares[i], 4)
 
                 t0 = time.perf_counter()
@@ -232,9 +235,10 @@ def main() -> None:
         if "pair" in parts:
             r = two_receivers(files, server, args.repeat)
             out["pair"] = r
-            print(f"- one receiver x4: {_med(r['one']):.0f} images/s; two receivers x4 each: "
-                  f"{_med(r['two']):.0f} images/s; two/one {_med(r['two']) / _med(r['one']):.3f} "
-                  f"(runs one {[round(x) for x in r['one']]}, two {[round(x) for x in r['two']]})")  # fmt: skip
+            one, two = _med(r["one"]), _med(r["two"])
+            print(f"- one receiver x4: {one:.0f} images/s; two receivers x4 each: {two:.0f} "
+                  f"images/s; two/one {two / one:.3f} (runs one {[round(x) for x in r['one']]},"
+                  f" two {[round(x) for x in r['two']]})")  # fmt: skip
         if "claims" in parts:
             r = claims(server, args.studies, args.repeat)
             out["claims"] = r

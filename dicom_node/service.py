@@ -250,7 +250,8 @@ class Service:
 
     def _restore_deadlines(self) -> None:
         """The retention sweep, and a deadline for every ``receiving`` study without one."""
-        assert self.scheduler is not None and self.index is not None
+        assert self.scheduler is not None
+        assert self.index is not None
         s = self.settings
         self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
         pending = 0

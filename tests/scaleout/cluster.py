@@ -59,7 +59,7 @@ class Cluster:
                 "port": 0,
                 "role": role,
                 "worker_id": name,
-            },  # fmt: skip
+            },
             "storage": {
                 "spool_dir": str(self.spool),
                 "results_dir": str(self.results),
@@ -75,7 +75,7 @@ class Cluster:
                 "device": "cpu",
                 "amp": False,
                 "lease_s": self.lease_s,
-            },  # fmt: skip
+            },
             "logging": {"level": "DEBUG", "hash_key": "test-key"},
             "destinations": [destination(self.orthanc.dicom_port, ae_title=self.orthanc.aet)],
         }

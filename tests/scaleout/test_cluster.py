@@ -73,7 +73,8 @@ def test_two_receivers_two_workers_process_each_split_study_once(
     # processed exactly once across the workers, and both workers took studies
     done = cluster.log_events("study.done")
     assert sum(done.values()) == STUDIES
-    assert done.get("work-a", 0) > 0 and done.get("work-b", 0) > 0
+    assert done.get("work-a", 0) > 0
+    assert done.get("work-b", 0) > 0
     assert done.get("recv-a", 0) == done.get("recv-b", 0) == 0
     completed = cluster.log_events("study.queued")
     assert sum(completed.values()) == STUDIES  # each deadline fired once, in one receiver
@@ -141,7 +142,8 @@ def test_postgres_restart_during_ingest_loses_nothing_acknowledged(
     assert 0x0000 not in down  # never Success without the index row
     assert set(down) <= {0xA700, -1}
     acked = {f for f, s in statuses.items() if s == 0x0000}
-    assert set(files[:8]) <= acked and set(files[16:]) <= acked
+    assert set(files[:8]) <= acked
+    assert set(files[16:]) <= acked
     # the modality resends what was not acknowledged, as modalities do
     for f in files:
         if f not in acked:
