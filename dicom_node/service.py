@@ -73,6 +73,8 @@ from dicom_node.store.index import STATES, Index, StudyRow, open_checked
 from dicom_node.store.spool import Spool, Stored
 
 if TYPE_CHECKING:  # torch is imported only when inference is enabled (receive-only: ~100 MB)
+    import torch
+
     from dicom_node.pipeline.worker import InferenceWorker
     from dicom_node.web.health import Check
     from dicom_node.web.server import WebServer  # FastAPI only when web.enabled
@@ -492,7 +494,7 @@ class Service:
             poll_s=5.0 if self.index.dialect == "sqlite" else 0.5,
         )
         self.worker = worker
-        device = str(predictor.device) if predictor is not None else None
+        device = _device_name(predictor.device) if predictor is not None else None
         self._start_heartbeat(device, model_uid)
         worker.start()
         return worker
@@ -577,3 +579,13 @@ class Service:
             signal.signal(signal.SIGTERM, old_term)
             signal.signal(signal.SIGINT, old_int)
             self.stop()
+
+
+def _device_name(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu``: what ``dicom-node workers`` shows."""
+    import torch
+
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
