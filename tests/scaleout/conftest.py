@@ -20,6 +20,14 @@ def scaleout_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-init weights at input 64 (the role tests only load them)."""
+    path = tmp_path_factory.mktemp("roles-model") / "random-r18-64.pt"
+    make_checkpoint(path, input_size=64)
+    return path
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     with running_orthanc(tmp_path / "orthanc") as peer:
