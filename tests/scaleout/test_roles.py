@@ -46,14 +46,14 @@ def role_config(root: Path, index_url: str, role: str, checkpoint: Path, **infer
             "index_db": index_url,
             "spool_dir": str(shared / "spool"),
             "results_dir": str(shared / "results"),
-        },  # fmt: skip
+        },
         inference={
             "enabled": True,
             "checkpoint": str(checkpoint),
             "device": "cpu",
             "amp": False,
             **inference,
-        },  # fmt: skip
+        },
         web={"api_tokens": [{"name": "admin", "token_sha256": token_digest(TOKEN)}]},
     )
 
@@ -70,7 +70,8 @@ def test_health_and_workers_list_every_process_on_the_index(
 ) -> None:
     receiver = start(services, role_config(tmp_path / "recv", postgres_url, "receiver", checkpoint))
     worker = start(services, role_config(tmp_path / "work", postgres_url, "worker", checkpoint))
-    assert worker.acceptor is None and worker.server is None  # a worker listens for nothing
+    assert worker.acceptor is None
+    assert worker.server is None
     assert receiver.worker is None  # a receiver loads no model
     answer = httpx.get(
         f"http://127.0.0.1:{worker.web_port}/api/health",
@@ -126,7 +127,7 @@ def test_a_worker_without_inference_is_a_configuration_error(
     data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
     data["inference"]["enabled"] = False
     cfg.write_text(yaml.safe_dump(data), encoding="utf-8")
-    with pytest.raises(ConfigError, match="inference.enabled"):
+    with pytest.raises(ConfigError, match=r"inference\.enabled"):
         start(services, cfg)
 
 
