@@ -242,20 +242,22 @@ class Service:
         if self.deliverer is not None:
             self.deliverer.reconcile()
         if receives:
+            self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
             self._restore_deadlines()
-            if self.index.dialect != "sqlite":
-                self.holds = HoldRefresher(self.sessions, self.scheduler, s.study.quiet_seconds)
-                self.holds.start()
+            self.holds = HoldRefresher(
+                self.sessions, self.scheduler, s.study.quiet_seconds,
+                shared=self.index.dialect != "sqlite", sweep=self._restore_deadlines,
+            )  # fmt: skip
+            self.holds.start()
             self._start_receiving(server_tls)
         if s.web.enabled:
             self.web = self._start_web()
 
-    def _restore_deadlines(self) -> None:
-        """The retention sweep, and a deadline for every ``receiving`` study without one."""
+    def _restore_deadlines(self) -> int:
+        """A deadline for every ``receiving`` study without one; returns how many."""
         assert self.scheduler is not None
         assert self.index is not None
         s = self.settings
-        self.scheduler.schedule_retention(RETENTION_INTERVAL_S)
         pending = 0
         for study in self.index.studies(("receiving",)):
             if self.scheduler.completion_time(study.study_uid) is None:
@@ -265,6 +267,7 @@ class Service:
                 pending += 1
         if pending:
             log.info("study.deadlines_restored", extra={"studies": pending})
+        return pending
 
     def _start_receiving(self, server_tls: ssl.SSLContext | None) -> None:
         """Listen for associations (plain and/or DICOM TLS, on the configured engine)."""
