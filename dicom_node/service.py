@@ -170,6 +170,12 @@ class Service:
         self.worker_id = s.node.worker_id or default_worker_id(role, self.key)
         self.index = open_checked(s.index_target(), s.resolve(s.storage.spool_dir))
         spool_dir = s.resolve(s.storage.spool_dir)
+        shared = self.index.dialect != "sqlite"  # several processes may share the spool
+        if shared and s.storage.journal_segment_mb:
+            raise ConfigError(
+                "storage.journal_segment_mb must be 0 with a PostgreSQL index: the spool is "
+                "shared by every receiver, and the write-ahead journal belongs to one process"
+            )
         if receives:
             self.spool = spool = Spool(
                 spool_dir,
@@ -178,6 +184,7 @@ class Service:
                 max_spool_gb=s.storage.max_spool_gb,
                 journal_segment_mb=s.storage.journal_segment_mb or None,
                 journal_checkpoint_s=s.storage.journal_checkpoint_s,
+                shared=shared,
             )
             self.spool.reconcile()
             spool_bytes: Callable[[], int] = lambda: spool.size  # noqa: E731
@@ -246,7 +253,7 @@ class Service:
             self._restore_deadlines()
             self.holds = HoldRefresher(
                 self.sessions, self.scheduler, s.study.quiet_seconds,
-                shared=self.index.dialect != "sqlite", sweep=self._restore_deadlines,
+                shared=shared, sweep=self._restore_deadlines,
             )  # fmt: skip
             self.holds.start()
             self._start_receiving(server_tls)
@@ -394,6 +401,8 @@ class Service:
     def _model_status(self) -> tuple[bool, str]:
         if not self.settings.inference.enabled:
             return True, "not used (inference.enabled is false: receive only)"
+        if self.settings.node.role == "receiver":
+            return True, "not used (node.role receiver: workers load the model)"
         if self.worker is None or self.worker.predictor is None:
             return False, (self.worker.unavailable or "no model") if self.worker else "not started"
         return True, f"loaded {self.worker.predictor.meta.model_uid}"

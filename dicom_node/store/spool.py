@@ -357,15 +357,24 @@ class Stored:
     received: float
 
 
+#: On a spool shared by several receivers, a temporary file younger than this may be a
+#: store in progress elsewhere (an instance of a GB at a slow link's pace), not a leftover.
+SHARED_TMP_STALE_S: Final = 3600.0
+
+
 class Spool:
     """Files under ``root`` and their index rows; safe to call from many threads."""
 
     def __init__(
         self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100,
         journal_segment_mb: float | None = None, journal_checkpoint_s: float = 2.0,
+        shared: bool = False,
     ) -> None:  # fmt: skip
         self.root = root
         self.index = index
+        #: Other receivers write into this folder too (docs/scale-out.md): a temporary
+        #: file may be another process's store in progress, not a crash's leftover.
+        self.shared = shared
         self.min_free_bytes = int(min_free_mb * MIB)
         self.max_spool_bytes = int(max_spool_gb * GIB)
         private_dir(root)
@@ -494,13 +503,24 @@ class Spool:
                     yield Path(dirpath) / name
 
     def remove_stale_tmp(self) -> int:
-        """Delete temporary files a crash left behind (never answered Success)."""
+        """Delete temporary files a crash left behind (never answered Success).
+
+        On a shared spool only those untouched for :data:`SHARED_TMP_STALE_S`: a younger
+        one may be another receiver's store in progress.
+        """
         n = 0
+        horizon = time.time() - SHARED_TMP_STALE_S if self.shared else None
         for dirpath, dirs, filenames in os.walk(self.root):
             dirs[:] = [d for d in dirs if d != JOURNAL_DIR]  # the journal's own files
             for name in filenames:
                 if name.startswith(".") and name.endswith(".tmp"):
-                    (Path(dirpath) / name).unlink(missing_ok=True)
+                    path = Path(dirpath) / name
+                    try:
+                        if horizon is not None and path.stat().st_mtime > horizon:
+                            continue
+                        path.unlink()
+                    except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                        continue
                     n += 1
         return n
 
