@@ -108,6 +108,7 @@ __all__ = [
     "_MIGRATIONS",
     "AuditRow",
     "DeliveryRow",
+    "DeliveryState",
     "Index",
     "IndexDBError",
     "IndexDamagedError",

@@ -87,6 +87,7 @@ class RecordStatements:
                 state_changed=t,
             )
             .on_conflict_do_nothing(index_elements=[_S.study_uid])
+            .execution_options(preserve_rowcount=True)  # SQLAlchemy keeps it for UPDATE only
         )
         self.reopen_study = (
             sa.update(studies)
@@ -117,6 +118,7 @@ class RecordStatements:
             insert(dialect, instances)
             .values(_INSTANCE_VALUES)
             .on_conflict_do_nothing(index_elements=[_I.sop_uid])
+            .execution_options(preserve_rowcount=True)
         )
 
 
