@@ -180,7 +180,7 @@ def studies(
 
     settings = _settings(config)
     try:
-        index = Index(settings.resolve(settings.storage.index_db))
+        index = Index(settings.index_target())
         rows = index.studies(tuple(state or ()))
         index.close()
     except NodeError as exc:
@@ -249,11 +249,11 @@ def reindex(config: ConfigOpt = None) -> None:
     setup_logging(settings.logging.level, fmt=settings.logging.format)
     st = settings.storage
     try:
-        index_path = settings.resolve(st.index_db)
-        aside = set_aside_if_damaged(index_path)
+        target = settings.index_target()
+        aside = set_aside_if_damaged(target)
         if aside is not None:
             sys.stdout.write(f"the damaged index was moved to {aside}\n")
-        index = Index(index_path)
+        index = Index(target)
         spool = Spool(settings.resolve(st.spool_dir), index, min_free_mb=st.min_free_disk_mb,
                       max_spool_gb=st.max_spool_gb, journal_segment_mb=None)  # fmt: skip
         n = do_reindex(spool)

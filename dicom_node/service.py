@@ -151,7 +151,7 @@ class Service:
             for i, d in enumerate(s.destinations)
             if isinstance(d, Destination) and d.tls is not None
         }
-        self.index = open_checked(s.resolve(s.storage.index_db), s.resolve(s.storage.spool_dir))
+        self.index = open_checked(s.index_target(), s.resolve(s.storage.spool_dir))
         self.spool = spool = Spool(
             s.resolve(s.storage.spool_dir),
             self.index,
