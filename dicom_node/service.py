@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
@@ -151,7 +151,7 @@ class Service:
             for i, d in enumerate(s.destinations)
             if isinstance(d, Destination) and d.tls is not None
         }
-        self.index = open_checked(s.resolve(s.storage.index_db), s.resolve(s.storage.spool_dir))
+        self.index = open_checked(s.index_target(), s.resolve(s.storage.spool_dir))
         self.spool = spool = Spool(
             s.resolve(s.storage.spool_dir),
             self.index,
@@ -464,8 +464,9 @@ class Service:
             self.index.close()
         log.info("node.stopped")
 
-    def serve_until_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then :meth:`stop`."""
+    def serve_until_signal(self, ready: Callable[[], None] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop`; ``ready`` is called once
+        the signals are handled (``serve`` prints its "listening on" line there)."""
         wake = threading.Event()
 
         def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -475,6 +476,8 @@ class Service:
         old_term = signal.signal(signal.SIGTERM, _on_signal)
         old_int = signal.signal(signal.SIGINT, _on_signal)
         try:
+            if ready is not None:
+                ready()
             while not wake.wait(1.0):
                 pass
         finally:

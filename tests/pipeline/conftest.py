@@ -31,13 +31,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def node_storage() -> dict[str, Any]:
+    """``storage`` keys every node of a test starts with (under what the test passes):
+    none here; override or parametrise it (``{"index_db": postgres_url}``) to run the
+    pipeline tests on another index database."""
+    return {}
+
+
+@pytest.fixture
 def start_node(
-    tmp_path: Path, checkpoint: Path, log_capture: io.StringIO
+    tmp_path: Path, checkpoint: Path, log_capture: io.StringIO, node_storage: dict[str, Any]
 ) -> Iterator[Callable[..., Node]]:
     """Factory: ``start_node(destinations, root=None, **sections)`` runs a node with
-    inference on in this process; every node is stopped at teardown."""
+    inference on in this process; every node is stopped at teardown. ``storage=...``
+    adds to :func:`node_storage`."""
 
     def make_config(base: Path, destinations: list[dict[str, Any]], **sections: Any) -> Path:
+        sections["storage"] = {**node_storage, **sections.get("storage", {})}
         return pipeline_config(base, checkpoint, destinations, **sections)
 
     with running_nodes(tmp_path, log_capture, make_config) as start:

@@ -88,10 +88,11 @@ def pipeline_config(
     """A node config with inference on (CPU) and ``destinations``; quiet period 1 s."""
     inference = {"enabled": True, "checkpoint": str(checkpoint), "device": "cpu", "amp": False}
     inference.update(sections.pop("inference", {}))
+    storage = {"results_dir": "results", **sections.pop("storage", {})}
     cfg = write_config(
         root,
         inference=inference,
-        storage={"results_dir": "results"},
+        storage=storage,
         logging={"level": "DEBUG", "hash_key": "test-key"},
         **sections,
     )
