@@ -180,11 +180,39 @@ class NodeSection(_Section):
         return not self.tls.disable_plain
 
 
+#: ``scheme://`` of a SQLAlchemy URL (``postgresql+psycopg://``, ``sqlite:///``).
+_URL_SCHEME_RE: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: The databases the study index runs on (``postgresql`` gets the psycopg driver).
+_INDEX_SCHEMES: Final = ("sqlite", "postgresql", "postgresql+psycopg")
+
+
+def _check_index_db(value: object) -> object:
+    """A path (kept as text, resolved later like every path) or a supported URL."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        match = _URL_SCHEME_RE.match(value)
+        if match and match.group(1).lower() not in _INDEX_SCHEMES:
+            raise ValueError(
+                f"{match.group(1)}:// is not supported: a file path, sqlite:///<file> or "
+                "postgresql+psycopg://user:password@host:port/database"
+            )
+        if match and match.group(1).lower() == "sqlite" and not value[len("sqlite:///") :]:
+            raise ValueError("sqlite:/// needs a file (sqlite:///var/index.sqlite)")
+        if not value:
+            raise ValueError("must not be empty")
+    return value
+
+
 class StorageSection(_Section):
     """Where received instances live and how much disk they may take."""
 
     spool_dir: Path = Path("var/spool")
-    index_db: Path = Path("var/index.sqlite")
+    #: The study index: a SQLite file (a path, or ``sqlite:///<path>``), or a PostgreSQL
+    #: database (``postgresql+psycopg://user:password@host:port/database``) that several
+    #: receivers and workers share. Read it through :meth:`Settings.index_target`.
+    index_db: Annotated[str, BeforeValidator(_check_index_db)] = "var/index.sqlite"
     jobs_db: Path = Path("var/jobs.sqlite")
     results_dir: Path = Path("var/results")
     min_free_disk_mb: int = Field(1024, ge=0)
@@ -564,6 +592,17 @@ class Settings(BaseSettings):
     def resolve(self, path: Path) -> Path:
         """A configured path, made absolute against the config file's folder."""
         return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    def index_target(self) -> str | Path:
+        """``storage.index_db`` as :class:`dicom_node.store.index.Index` takes it: a SQLite
+        file's resolved path (from a path or a ``sqlite:///`` URL), else the URL as given."""
+        value = self.storage.index_db
+        match = _URL_SCHEME_RE.match(value)
+        if match is None:
+            return self.resolve(Path(value))
+        if match.group(1).lower() == "sqlite":
+            return self.resolve(Path(value[len("sqlite:///") :]))
+        return value
 
     def tls_files(self) -> list[tuple[str, Path]]:
         """Each configured TLS file as (its key, e.g. ``node.tls.cert_file``, resolved path)."""

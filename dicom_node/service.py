@@ -574,8 +574,9 @@ class Service:
             self.index.close()
         log.info("node.stopped")
 
-    def serve_until_signal(self) -> None:
-        """Block until SIGTERM or SIGINT, then :meth:`stop`."""
+    def serve_until_signal(self, ready: Callable[[], None] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop`; ``ready`` is called once
+        the signals are handled (``serve`` prints its "listening on" line there)."""
         wake = threading.Event()
 
         def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -585,6 +586,8 @@ class Service:
         old_term = signal.signal(signal.SIGTERM, _on_signal)
         old_int = signal.signal(signal.SIGINT, _on_signal)
         try:
+            if ready is not None:
+                ready()
             while not wake.wait(1.0):
                 pass
         finally:

@@ -6,6 +6,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,13 @@ def postgres() -> Iterator[PostgresServer]:
 def postgres_url(postgres: PostgresServer) -> str:
     """A fresh empty database on the session's server, as a SQLAlchemy URL."""
     return postgres.database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a test's study index lives, once per database the node supports: a SQLite
+    file under ``tmp_path``, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "index.sqlite"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

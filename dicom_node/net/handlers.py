@@ -13,7 +13,6 @@ text the log line has (:mod:`dicom_node.net.store_answer`).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -178,7 +177,7 @@ class StoreHandler:
         except SpoolFull as exc:
             # logged once a minute by the spool's guard; each sender is told every time
             return StoreAnswer(OUT_OF_RESOURCES, error_comment(str(exc)))
-        except (OSError, IndexDBError, sqlite3.Error) as exc:
+        except (OSError, IndexDBError) as exc:
             log.error(
                 "store.failed",
                 extra={"stage": "write", "error": type(exc).__name__,

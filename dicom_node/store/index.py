@@ -1,8 +1,9 @@
-"""The study index: SQLite (WAL) rows for studies, series and instances, with states.
+"""The study index: rows for studies, series and instances, with states, on SQLite (the
+embedded default) or PostgreSQL (several receivers and workers sharing one queue).
 
 The spool files are the truth and this index is a cache of them: ``dicom-node reindex``
 rebuilds it from the files alone, and start-up adds any file the index lacks (see
-:meth:`dicom_node.store.spool.Spool.reconcile`). That is why commits use
+:meth:`dicom_node.store.spool.Spool.reconcile`). That is why SQLite commits use
 ``synchronous=NORMAL``: in WAL mode a commit survives a crash of the process, and what an
 OS crash could take from the index is put back from the fsynced files at the next start.
 
@@ -13,12 +14,28 @@ States (PS3.4 has no notion of them; they are ours)::
 
 An instance arriving for a study in any state other than ``receiving`` reopens it:
 state back to ``receiving``, ``generation`` + 1, so results of the old generation can be
-told from the new and superseded.
+told from the new and superseded. A worker takes a ``queued`` study with
+:meth:`Index.claim_next` and holds it on a lease (``claimed_by``, ``lease_until``) that
+its heartbeat renews; a study whose lease ran out goes back to the queue
+(:meth:`Index.requeue_expired`), and a write guarded by ``owner`` from a worker that lost
+its lease changes nothing.
 
-The schema lives here only, with :data:`SCHEMA_VERSION`. Later issues add columns
-(``findings`` on studies) and tables (``deliveries``) as numbered migrations in
-:data:`_MIGRATIONS`; an index file of an older version is brought up to date when it is
-opened, its rows kept.
+One module serves both databases through SQLAlchemy Core (no ORM: the C-STORE commit
+path stays a handful of cached statements). The schema is in
+:mod:`dicom_node.store.index_schema`. The two databases differ only in how connections
+are held:
+
+* SQLite: one connection behind one lock for every write, each write transaction a
+  ``BEGIN IMMEDIATE``. One writer is what SQLite allows anyway; holding its lock up front
+  keeps the C-STORE commit free of busy retries. Monitoring reads (:meth:`Index.counts`,
+  :meth:`Index.browse`, :meth:`Index.workers`) use a second, read-only connection: in WAL
+  mode they never wait for, nor delay, that writer.
+* PostgreSQL: a connection pool, READ COMMITTED, no process-wide lock: row locks
+  (``SELECT ... FOR UPDATE``, ``SKIP LOCKED`` for claims) and single conditional
+  ``UPDATE`` statements keep concurrent processes correct.
+
+Every database error surfaces as :class:`IndexDBError` (a C-STORE is then answered Out
+of Resources, never Success).
 """
 
 from __future__ import annotations
@@ -28,316 +45,277 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from dicom_node.errors import NodeError
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
 from dicom_node.store import series_outcome
+from dicom_node.store.index_record import (
+    CoreRunner,
+    DuplicateError,
+    RecordStatements,
+    SqliteCompiled,
+    SqliteRunner,
+    insert,
+)
+from dicom_node.store.index_record import record as record_instance
+from dicom_node.store.index_rows import (
+    REINDEX_HINT,
+    STATES,
+    AuditRow,
+    DeliveryRow,
+    DeliveryState,
+    Dialect,
+    IndexDamagedError,
+    IndexDBError,
+    InstanceRow,
+    Recorded,
+    StudyRow,
+    StudyState,
+    WorkerRow,
+    iso,
+)
+from dicom_node.store.index_schema import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    SchemaTooNewError,
+    audit,
+    deliveries,
+    instances,
+    migrate,
+    series,
+    stored_version,
+    studies,
+    workers,
+)
 from dicom_node.store.private import private_db_file, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
 
-StudyState = Literal["receiving", "complete", "queued", "processing", "done", "failed", "skipped"]
-STATES: Final[tuple[StudyState, ...]] = (
-    "receiving",
-    "complete",
-    "queued",
-    "processing",
-    "done",
-    "failed",
-    "skipped",
-)
 
-SCHEMA_VERSION: Final = 5
-
-_SCHEMA_V1: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid      TEXT PRIMARY KEY,
-    state          TEXT NOT NULL DEFAULT 'receiving',
-    reason         TEXT,
-    generation     INTEGER NOT NULL DEFAULT 1,
-    first_received REAL NOT NULL,
-    last_received  REAL NOT NULL,
-    state_changed  REAL NOT NULL,
-    completed_at   REAL
-);
-CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid     TEXT PRIMARY KEY,
-    study_uid      TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
-    first_received REAL NOT NULL,
-    last_received  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS series_study ON series (study_uid);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid         TEXT PRIMARY KEY,
-    study_uid       TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
-    series_uid      TEXT NOT NULL,
-    sop_class_uid   TEXT NOT NULL,
-    transfer_syntax TEXT NOT NULL,
-    eligible        INTEGER NOT NULL,
-    size            INTEGER NOT NULL,
-    path            TEXT NOT NULL,
-    received        REAL NOT NULL,
-    generation      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
-"""
-
-# Version 2: results of the worker (findings JSON, result record) and deliveries to PACS.
-_SCHEMA_V2: Final = """
-ALTER TABLE studies ADD COLUMN findings TEXT;
-ALTER TABLE studies ADD COLUMN result TEXT;
-CREATE TABLE IF NOT EXISTS deliveries (
-    study_uid   TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
-    destination TEXT NOT NULL,
-    generation  INTEGER NOT NULL,
-    state       TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    updated     REAL NOT NULL,
-    PRIMARY KEY (study_uid, destination)
-);
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state);
-"""
-
-# Version 3: the outcome of series choice for every series of the study (JSON list of
-# :class:`SeriesOutcome`), written by the worker when it chooses; NULL before that.
-_SCHEMA_V3: Final = """
-ALTER TABLE studies ADD COLUMN series_choice TEXT;
-"""
-
-# Version 4: the audit trail of what users did to a study from the web side (reprocess,
-# resend): who, when, and what came of it. A study's trail goes with the study when
-# retention deletes it: the rows name the study and nothing outlives its images here.
-_SCHEMA_V4: Final = """
-CREATE TABLE IF NOT EXISTS audit (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
-    at        REAL NOT NULL,
-    user      TEXT NOT NULL,
-    action    TEXT NOT NULL,
-    outcome   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_study ON audit (study_uid);
-"""
-
-# Version 5: when a pending delivery's next attempt is due (epoch seconds; NULL once it is
-# sent or failed), so ``dicom-node studies --json`` shows an outage's retry schedule.
-_SCHEMA_V5: Final = """
-ALTER TABLE deliveries ADD COLUMN next_attempt REAL;
-"""
-
-# version -> SQL that brings the schema from version - 1 to version.
-_MIGRATIONS: Final[dict[int, str]] = {
-    1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5,
-}  # fmt: skip
-
-DeliveryState = Literal["pending", "sent", "failed"]
+class _NoSchemaError(IndexDamagedError):
+    """``Index(..., create=False)`` found a database without the index's tables."""
 
 
-class IndexDBError(NodeError):
-    """The index database cannot be opened or written."""
+__all__ = [
+    "REINDEX_HINT",
+    "SCHEMA_VERSION",
+    "STATES",
+    "_MIGRATIONS",
+    "AuditRow",
+    "DeliveryRow",
+    "DeliveryState",
+    "Index",
+    "IndexDBError",
+    "IndexDamagedError",
+    "InstanceRow",
+    "Recorded",
+    "StudyRow",
+    "StudyState",
+    "WorkerRow",
+    "iso",
+    "open_checked",
+    "set_aside_if_damaged",
+]
 
 
-#: What every "the index is lost or damaged" message tells the admin to do.
-REINDEX_HINT: Final = (
-    "stop the node and run `dicom-node reindex --config <config.yaml>` to rebuild it "
-    "from the spool (results already delivered are not sent again)"
-)
+def _parse_target(target: str | Path) -> tuple[URL, Path | None]:
+    """``target`` as a SQLAlchemy URL, and the file's path for SQLite (None: PostgreSQL).
+
+    A plain path or ``sqlite:///<path>`` is a SQLite file; ``postgresql+psycopg://`` (or
+    ``postgresql://``, which gets psycopg) a PostgreSQL database; anything else is refused.
+    """
+    if isinstance(target, Path) or "://" not in target:
+        path = Path(target)
+    else:
+        try:
+            url = make_url(target)
+        except sa.exc.ArgumentError as exc:
+            raise IndexDBError(f"index_db is not a database URL: {exc}") from None
+        backend = url.get_backend_name()
+        if backend == "postgresql":
+            if url.drivername == "postgresql":
+                url = url.set(drivername="postgresql+psycopg")
+            if url.get_driver_name() != "psycopg":
+                raise IndexDBError(
+                    f"index_db {url.render_as_string()}: PostgreSQL is reached through "
+                    "psycopg (postgresql+psycopg://...)"
+                )
+            return url, None
+        if backend != "sqlite" or not url.database or url.database == ":memory:":
+            raise IndexDBError(
+                f"index_db {url.render_as_string()}: a file path, sqlite:///<file> or "
+                "postgresql+psycopg://user:password@host:port/database"
+            )
+        path = Path(url.database)
+    return URL.create("sqlite", database=str(path)), path
 
 
-class IndexDamagedError(IndexDBError):
-    """The index file is missing while the spool holds files, or SQLite finds it damaged:
-    the node refuses to start rather than forget what it received and did."""
+def _where(url: URL) -> str:
+    """Host, port and database of a PostgreSQL URL, for messages (never the password)."""
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    """What the index knows about one stored instance."""
-
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    eligible: bool
-    size: int
-    path: str  # relative to the spool folder
-    received: float  # seconds since the epoch
+_S = studies.c
+_I = instances.c
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """Outcome of :meth:`Index.record`: was the instance new, and what the study became."""
-
-    inserted: bool
-    new_study: bool
-    reopened: bool
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class StudyRow:
-    """A study as listed by ``dicom-node studies``."""
-
-    study_uid: str
-    state: str
-    reason: str | None
-    generation: int
-    instances: int
-    eligible_instances: int
-    series: int
-    size: int
-    first_received: float
-    last_received: float
-    state_changed: float
-    completed_at: float | None
-    findings: dict[str, Any] | None = None
-    deliveries: tuple[DeliveryRow, ...] = ()
-    #: Every series of the study with the worker's choice (empty until it chose).
-    series_choice: tuple[SeriesOutcome, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "study_uid": self.study_uid,
-            "state": self.state,
-            "instances": self.instances,
-            "eligible_instances": self.eligible_instances,
-            "series": self.series,
-            "size_bytes": self.size,
-            "reason": self.reason,
-            "generation": self.generation,
-            "first_received": iso(self.first_received),
-            "last_received": iso(self.last_received),
-            "state_changed": iso(self.state_changed),
-            "completed_at": iso(self.completed_at) if self.completed_at is not None else None,
-            "findings": self.findings,
-            "series_choice": [o.to_json() for o in self.series_choice],
-            "deliveries": {d.destination: d.to_json() for d in self.deliveries},
-        }
+def _study_select() -> sa.Select[Any]:
+    i = instances.c
+    return (
+        sa.select(
+            _S.study_uid,
+            _S.state,
+            _S.reason,
+            _S.generation,
+            sa.func.count(i.sop_uid),
+            sa.func.coalesce(sa.func.sum(i.eligible), 0),
+            sa.func.count(sa.distinct(i.series_uid)),
+            sa.func.coalesce(sa.func.sum(i.size), 0),
+            _S.first_received,
+            _S.last_received,
+            _S.state_changed,
+            _S.completed_at,
+            _S.findings,
+            _S.series_choice,
+            _S.claimed_by,
+            _S.lease_until,
+        )
+        .select_from(studies.outerjoin(instances, i.study_uid == _S.study_uid))
+        .group_by(_S.study_uid)
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """The state of sending one study's results to one destination."""
-
-    study_uid: str
-    destination: str
-    generation: int
-    state: str
-    attempts: int
-    last_error: str | None
-    updated: float
-    #: When the next attempt is due (pending rows only).
-    next_attempt: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "generation": self.generation,
-            "updated": iso(self.updated),
-            "next_attempt": iso(self.next_attempt) if self.next_attempt is not None else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One action a user took on a study (``reprocess``, ``resend``) and its outcome."""
-
-    study_uid: str
-    at: float
-    user: str
-    action: str
-    outcome: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"at": iso(self.at), "user": self.user, "action": self.action,
-                "outcome": self.outcome}  # fmt: skip
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-_STUDY_SELECT: Final = """
-SELECT s.study_uid, s.state, s.reason, s.generation,
-       COUNT(i.sop_uid), COALESCE(SUM(i.eligible), 0), COUNT(DISTINCT i.series_uid),
-       COALESCE(SUM(i.size), 0), s.first_received, s.last_received, s.state_changed,
-       s.completed_at, s.findings, s.series_choice
-FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid
-"""
+_DELIVERY_COLUMNS: Final = (
+    deliveries.c.study_uid, deliveries.c.destination, deliveries.c.generation,
+    deliveries.c.state, deliveries.c.attempts, deliveries.c.last_error, deliveries.c.updated,
+    deliveries.c.next_attempt,
+)  # fmt: skip
 
 
 class Index:
-    """Thread-safe access to the index file: one connection, one lock.
+    """Thread-safe access to the index (see the module docstring for how each database's
+    connections are held). ``target`` is a file path, ``sqlite:///<path>`` or
+    ``postgresql+psycopg://user:password@host:port/database``.
 
-    One writer is what SQLite allows anyway; a lock around a single connection keeps the
-    commit path short (no connection pool, no busy retries) for the C-STORE handlers.
+    ``create=False`` refuses a database without the index's tables instead of creating
+    them (:func:`open_checked`: an empty PostgreSQL database beside a full spool).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    #: SQLite only: the writer's DBAPI connection, and the record path run on it.
+    _raw_con: sqlite3.Connection
+    _raw: SqliteRunner
+
+    def __init__(self, target: str | Path, *, create: bool = True) -> None:
+        url, path = _parse_target(target)
+        self.path: Path | None = path
+        self.dialect: Dialect = "sqlite" if path is not None else "postgresql"
+        #: The database, password hidden: for log lines and messages.
+        self.url: str = url.render_as_string(hide_password=True)
+        self._where = str(path) if path is not None else _where(url)
+        self._closed = False
+        self._lock = threading.Lock()  # SQLite: the one writer connection
+        self._read_lock = threading.Lock()  # SQLite: the monitoring connection
+        self._conn: sa.Connection | None = None
+        self._reader: sa.Connection | None = None
+        self._reader_engine: sa.Engine | None = None
+        self._stmts = RecordStatements(self.dialect)
+        if path is not None:
+            self._engine = self._open_sqlite(path, create)
+            assert self._conn is not None
+            raw = self._conn.connection.driver_connection
+            assert isinstance(raw, sqlite3.Connection)
+            #: The record path's statements on the writer's DBAPI connection (see
+            #: :mod:`dicom_node.store.index_record` for why not through SQLAlchemy).
+            self._raw = SqliteRunner(SqliteCompiled(self._stmts, self._engine.dialect), raw)
+            self._raw_con = raw
+        else:
+            self._engine = self._open_postgresql(url, create)
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _open_sqlite(self, path: Path, create: bool) -> sa.Engine:
+        def connect() -> sqlite3.Connection:
+            con = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            private_db_file(path)  # before WAL: SQLite gives -wal and -shm the file's mode
+            return con
+
         try:
             private_dir(path.parent, tighten=False)
-            self._db = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=30.0
-            )
-            private_db_file(path)  # before WAL: SQLite gives -wal and -shm the file's mode
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:  # not a database, malformed, ...
-            raise IndexDamagedError(f"cannot open index {path}: {exc}; {REINDEX_HINT}") from exc
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise IndexDBError(f"cannot open index {path}: {exc}") from exc
-        self._lock = threading.Lock()
-        #: A second connection for monitoring reads (:meth:`counts`), opened on first use:
-        #: in WAL mode a reader neither waits for the C-STORE path's writer nor takes its
-        #: lock, so a metrics scrape never delays an acknowledgement.
-        self._reader: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
-        self._closed = False
-
-    def _migrate(self) -> None:
-        version = self._version()
-        if version > SCHEMA_VERSION:
-            raise IndexDBError(
-                f"index {self.path} has schema {version}, newer than this node ({SCHEMA_VERSION})"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(_MIGRATIONS[target])
-            version = target
-        self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(version),),
+        engine = sa.create_engine(
+            "sqlite://", creator=connect, poolclass=sa.pool.NullPool, hide_parameters=True
         )
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            self._conn = engine.connect()
+            with self._conn.begin():
+                _begin_immediate(self._conn)
+                found, _ = migrate(self._conn, create=create)
+        except SchemaTooNewError as exc:
+            self._dispose(engine)
+            raise IndexDBError(f"index {path} has {exc}") from exc
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            self._dispose(engine)
+            orig = getattr(exc, "orig", None)
+            if isinstance(orig, sqlite3.DatabaseError):  # not a database, malformed, ...
+                raise IndexDamagedError(
+                    f"cannot open index {path}: {orig}; {REINDEX_HINT}"
+                ) from exc
+            raise IndexDBError(f"cannot open index {path}: {orig or exc}") from exc
+        if found == 0 and not create:
+            self._dispose(engine)
+            raise _NoSchemaError(f"index {path} has no tables")
+        return engine
 
-    def _version(self) -> int:
-        has_meta = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not has_meta:
-            return 0
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row else 0
+    def _open_postgresql(self, url: URL, create: bool) -> sa.Engine:
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=20,
+            isolation_level="READ COMMITTED",
+            hide_parameters=True,
+            connect_args={"connect_timeout": 10, "application_name": "dicom-node"},
+        )
+        try:
+            with engine.begin() as conn:
+                found, _ = migrate(conn, create=create)
+        except SchemaTooNewError as exc:
+            engine.dispose()
+            raise IndexDBError(f"index database {self._where} has {exc}") from exc
+        except sa.exc.SQLAlchemyError as exc:
+            engine.dispose()
+            raise IndexDBError(
+                f"cannot connect to the index database {self._where} ({self.url}): {_detail(exc)}"
+            ) from exc
+        if found == 0 and not create:
+            engine.dispose()
+            raise _NoSchemaError(f"index database {self._where} has no tables")
+        return engine
+
+    def _dispose(self, engine: sa.Engine) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        engine.dispose()
 
     def check(self) -> None:
         """SQLite's ``quick_check`` over the whole file (``serve`` runs it at start-up):
-        :class:`IndexDamagedError` naming ``reindex`` when a page is damaged."""
+        :class:`IndexDamagedError` naming ``reindex`` when a page is damaged. On
+        PostgreSQL, which checks its own pages, a round trip and the schema version."""
+        if self.dialect == "postgresql":
+            self.schema_version  # noqa: B018 - raises IndexDBError when unreachable
+            return
         try:
-            with self._lock:
-                rows = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
-        except sqlite3.DatabaseError as exc:
+            with self._read() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+        except IndexDBError as exc:
             raise IndexDamagedError(f"index {self.path} is damaged: {exc}; {REINDEX_HINT}") from exc
         if rows != ["ok"]:
             found = "; ".join(rows)
@@ -345,8 +323,8 @@ class Index:
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return self._version()
+        with self._read() as conn:
+            return stored_version(conn)
 
     def close(self) -> None:
         with self._read_lock:
@@ -354,95 +332,145 @@ class Index:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+            if self._reader_engine is not None:
+                self._reader_engine.dispose()
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def _tx(self, doing: str = "write to") -> Iterator[sa.Connection]:
+        """One write transaction: SQLite's ``BEGIN IMMEDIATE`` on the one connection under
+        the lock, or a pooled PostgreSQL connection. Database errors become
+        :class:`IndexDBError`; anything else raised inside rolls back and propagates."""
+        try:
+            if self.dialect == "sqlite":
+                with self._lock:
+                    conn = self._sqlite_conn()
+                    with conn.begin():
+                        _begin_immediate(conn)
+                        yield conn
+            else:
+                self._check_open()
+                with self._engine.begin() as conn:
+                    yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise IndexDBError(f"cannot {doing} the index {self._where}: {_detail(exc)}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A read, in autocommit on both databases: each statement reads one consistent
+        snapshot (as READ COMMITTED would), without a BEGIN and a ROLLBACK around it (two
+        round trips to PostgreSQL saved on every C-STORE's ``has_instance``). On SQLite
+        it runs on the writer's connection under its lock."""
+        try:
+            if self.dialect == "sqlite":
+                with self._lock:
+                    conn = self._sqlite_conn()
+                    with conn.begin():
+                        yield conn
+            else:
+                self._check_open()
+                with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise IndexDBError(f"cannot read the index {self._where}: {_detail(exc)}") from exc
+
+    @contextmanager
+    def _monitor(self) -> Iterator[sa.Connection]:
+        """The monitoring connection: SQLite's read-only second connection (opened on
+        first use), or the pool on PostgreSQL, where readers never block writers."""
+        if self.dialect == "postgresql":
+            with self._read() as conn:
+                yield conn
+            return
+        try:
+            with self._read_lock:
+                self._check_open()
+                if self._reader is None:
+                    self._reader_engine = sa.create_engine(
+                        "sqlite://", creator=self._connect_read_only,
+                        poolclass=sa.pool.NullPool, hide_parameters=True,
+                    )  # fmt: skip
+                    self._reader = self._reader_engine.connect()
+                with self._reader.begin():
+                    yield self._reader
+        except sa.exc.SQLAlchemyError as exc:
+            raise IndexDBError(f"cannot read the index {self._where}: {_detail(exc)}") from exc
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+            isolation_level=None, timeout=5.0,
+        )  # fmt: skip
+
+    def _sqlite_conn(self) -> sa.Connection:
+        self._check_open()
+        assert self._conn is not None
+        return self._conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexDBError(f"index {self._where} is closed")
 
     # -- writes -----------------------------------------------------------------------
 
     def has_instance(self, sop_uid: str) -> bool:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)
-            ).fetchone()
-        return row is not None
+        if self.dialect == "sqlite":
+            try:
+                with self._lock:
+                    self._check_open()
+                    return self._raw("has_instance", {"sop": sop_uid})[1] is not None
+            except sqlite3.Error as exc:
+                raise IndexDBError(f"cannot read the index {self._where}: {exc}") from exc
+        with self._read() as conn:
+            return CoreRunner(self._stmts, conn)("has_instance", {"sop": sop_uid})[1] is not None
 
     def record(self, row: InstanceRow) -> Recorded:
         """Add one stored instance; a duplicate SOP Instance UID changes nothing.
 
-        A new instance of a study that is no longer ``receiving`` reopens it.
+        A new instance of a study that is no longer ``receiving`` reopens it. On
+        PostgreSQL several receivers may record instances of one new study at once: the
+        study row is inserted ``ON CONFLICT DO NOTHING`` and then locked ``FOR UPDATE``,
+        so the reopen decision and the generation are taken by one of them at a time
+        (:func:`dicom_node.store.index_record.record`).
         """
+        if self.dialect == "sqlite":
+            return self._record_sqlite(row)
         try:
-            with self._tx() as db:
-                if db.execute(
-                    "SELECT 1 FROM instances WHERE sop_uid = ?", (row.sop_uid,)
-                ).fetchone():
-                    gen = db.execute(
-                        "SELECT generation FROM studies WHERE study_uid = ?", (row.study_uid,)
-                    ).fetchone()
-                    return Recorded(False, False, False, int(gen[0]) if gen else 0)
-                study = db.execute(
-                    "SELECT state, generation FROM studies WHERE study_uid = ?", (row.study_uid,)
-                ).fetchone()
-                new_study = study is None
-                reopened = study is not None and study[0] != "receiving"
-                if new_study:
-                    generation = 1
-                    db.execute(
-                        "INSERT INTO studies (study_uid, state, generation, first_received, "
-                        "last_received, state_changed) VALUES (?, 'receiving', 1, ?, ?, ?)",
-                        (row.study_uid, row.received, row.received, row.received),
-                    )
-                elif reopened:
-                    generation = int(study[1]) + 1
-                    db.execute(
-                        "UPDATE studies SET state = 'receiving', reason = NULL, generation = ?, "
-                        "series_choice = NULL, last_received = MAX(last_received, ?), "
-                        "state_changed = ? WHERE study_uid = ?",
-                        (generation, row.received, row.received, row.study_uid),
-                    )
-                else:
-                    generation = int(study[1])
-                    db.execute(
-                        "UPDATE studies SET last_received = MAX(last_received, ?) "
-                        "WHERE study_uid = ?",
-                        (row.received, row.study_uid),
-                    )
-                db.execute(
-                    "INSERT INTO series (series_uid, study_uid, first_received, last_received) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET "
-                    "last_received = MAX(last_received, excluded.last_received)",
-                    (row.series_uid, row.study_uid, row.received, row.received),
-                )
-                db.execute(
-                    "INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row.sop_uid,
-                        row.study_uid,
-                        row.series_uid,
-                        row.sop_class_uid,
-                        row.transfer_syntax,
-                        int(row.eligible),
-                        row.size,
-                        row.path,
-                        row.received,
-                        generation,
-                    ),
-                )
-                return Recorded(True, new_study, reopened, generation)
+            with self._tx("record an instance in") as conn:
+                return record_instance(CoreRunner(self._stmts, conn), row)
+        except DuplicateError:  # rolled back
+            with self._read() as conn:
+                _n, gen = CoreRunner(self._stmts, conn)("generation", {"study": row.study_uid})
+            return Recorded(False, False, False, int(gen[0]) if gen is not None else 0)
+
+    def _record_sqlite(self, row: InstanceRow) -> Recorded:
+        """:meth:`record` on SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer's
+        DBAPI connection, under its lock."""
+        try:
+            with self._lock:
+                self._check_open()
+                con = self._raw_con
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    rec = record_instance(self._raw, row)
+                    con.execute("COMMIT")
+                    return rec
+                except DuplicateError:
+                    con.execute("ROLLBACK")
+                    _n, gen = self._raw("generation", {"study": row.study_uid})
+                    return Recorded(False, False, False, int(gen[0]) if gen is not None else 0)
+                except BaseException:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
-            raise IndexDBError(f"cannot record an instance in {self.path}: {exc}") from exc
+            raise IndexDBError(f"cannot record an instance in {self._where}: {exc}") from exc
 
     def finish_receiving(
         self,
@@ -458,14 +486,14 @@ class Index:
         against an instance committed between the check and this update.
         """
         now = time.time()
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE studies SET state = ?, reason = ?, state_changed = ?, completed_at = ? "
-                "WHERE study_uid = ? AND state = 'receiving' AND generation = ? "
-                "AND last_received = ?",
-                (state, reason, now, now, study_uid, generation, last_received),
-            )
-            return cur.rowcount == 1
+        stmt = (
+            sa.update(studies)
+            .where(_S.study_uid == study_uid, _S.state == "receiving",
+                   _S.generation == generation, _S.last_received == last_received)
+            .values(state=state, reason=reason, state_changed=now, completed_at=now)
+        )  # fmt: skip
+        with self._tx() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def set_state(
         self,
@@ -475,18 +503,22 @@ class Index:
         *,
         expect: Sequence[StudyState] = (),
         generation: int | None = None,
+        owner: str | None = None,
     ) -> bool:
-        """Set a study's state (for the worker); ``expect`` and ``generation`` guard it."""
-        sql = "UPDATE studies SET state = ?, reason = ?, state_changed = ? WHERE study_uid = ?"
-        args: list[Any] = [state, reason, time.time(), study_uid]
+        """Set a study's state (for the worker); ``expect``, ``generation`` and ``owner``
+        (the worker holding its claim) guard it. Leaving ``processing`` drops the claim."""
+        values: dict[str, Any] = {"state": state, "reason": reason, "state_changed": time.time()}
+        if state != "processing":
+            values |= {"claimed_by": None, "lease_until": None}
+        stmt = sa.update(studies).where(_S.study_uid == study_uid).values(values)
         if expect:
-            sql += f" AND state IN ({', '.join('?' * len(expect))})"
-            args.extend(expect)
+            stmt = stmt.where(_S.state.in_(expect))
         if generation is not None:
-            sql += " AND generation = ?"
-            args.append(generation)
-        with self._tx() as db:
-            return db.execute(sql, args).rowcount == 1
+            stmt = stmt.where(_S.generation == generation)
+        if owner is not None:
+            stmt = stmt.where(_S.claimed_by == owner)
+        with self._tx() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def set_series_choice(
         self, study_uid: str, generation: int, outcomes: Sequence[SeriesOutcome]
@@ -496,99 +528,243 @@ class Index:
         Guarded by ``generation`` like every write of the worker; a reopened study's
         choice is cleared (:meth:`record`) until it is chosen again.
         """
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE studies SET series_choice = ? WHERE study_uid = ? AND generation = ?",
-                (series_outcome.dumps(outcomes), study_uid, generation),
-            )
-            return cur.rowcount == 1
+        stmt = (
+            sa.update(studies)
+            .where(_S.study_uid == study_uid, _S.generation == generation)
+            .values(series_choice=series_outcome.dumps(outcomes))
+        )
+        with self._tx() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def add_audit(self, study_uid: str, user: str, action: str, outcome: str) -> AuditRow:
         """Record that ``user`` did ``action`` on a study, and what came of it."""
         row = AuditRow(study_uid, time.time(), user, action, outcome)
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO audit (study_uid, at, user, action, outcome) VALUES (?, ?, ?, ?, ?)",
-                (row.study_uid, row.at, row.user, row.action, row.outcome),
-            )
+        with self._tx() as conn:
+            conn.execute(
+                sa.insert(audit).values(study_uid=row.study_uid, at=row.at, user=row.user,
+                                        action=row.action, outcome=row.outcome)
+            )  # fmt: skip
         return row
 
     def audit(self, study_uid: str) -> list[AuditRow]:
         """A study's audit trail, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT study_uid, at, user, action, outcome FROM audit WHERE study_uid = ? "
-                "ORDER BY at, id",
-                (study_uid,),
-            ).fetchall()
+        a = audit.c
+        stmt = (
+            sa.select(a.study_uid, a.at, a.user, a.action, a.outcome)
+            .where(a.study_uid == study_uid)
+            .order_by(a.at, a.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
         return [AuditRow(r[0], float(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def delete_study(self, study_uid: str) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM audit WHERE study_uid = ?", (study_uid,))
-            db.execute("DELETE FROM instances WHERE study_uid = ?", (study_uid,))
-            db.execute("DELETE FROM series WHERE study_uid = ?", (study_uid,))
-            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+        with self._tx() as conn:
+            for table in (audit, instances, series, deliveries, studies):
+                conn.execute(sa.delete(table).where(table.c.study_uid == study_uid))
 
     def clear(self) -> None:
-        """Drop every row (``reindex`` starts from nothing)."""
-        with self._tx() as db:
-            db.execute("DELETE FROM audit")
-            db.execute("DELETE FROM instances")
-            db.execute("DELETE FROM series")
-            db.execute("DELETE FROM studies")
+        """Drop every study's rows (``reindex`` starts from nothing)."""
+        with self._tx() as conn:
+            for table in (audit, instances, series, deliveries, studies):
+                conn.execute(sa.delete(table))
 
     def set_study_times(self, study_uid: str, first: float, last: float) -> None:
         """Set received times of a study (``reindex`` takes them from file times)."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE studies SET first_received = ?, last_received = ?, state_changed = ? "
-                "WHERE study_uid = ?",
-                (first, last, last, study_uid),
+        stmt = (
+            sa.update(studies)
+            .where(_S.study_uid == study_uid)
+            .values(first_received=first, last_received=last, state_changed=last)
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    # -- claims and leases (workers sharing one queue) ----------------------------------
+
+    def claim_next(self, worker_id: str, lease_s: float) -> StudyRow | None:
+        """Take the oldest ``queued`` study for ``worker_id``: ``processing``, claimed,
+        leased for ``lease_s`` seconds. None when nothing is queued.
+
+        ``FOR UPDATE SKIP LOCKED`` lets workers claim at once on PostgreSQL without
+        waiting on each other or ever taking the same study; on SQLite the write lock
+        (``BEGIN IMMEDIATE``) already makes the pick and the update one step.
+        """
+        pick = (
+            sa.select(_S.study_uid)
+            .where(_S.state == "queued")
+            .order_by(_S.first_received, _S.study_uid)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        with self._tx("claim a study in") as conn:
+            uid = conn.execute(pick).scalar()
+            if uid is None:
+                return None
+            now = time.time()
+            conn.execute(
+                sa.update(studies)
+                .where(_S.study_uid == uid, _S.state == "queued")
+                .values(state="processing", claimed_by=worker_id, lease_until=now + lease_s,
+                        state_changed=now)
+            )  # fmt: skip
+            return self._study_on(conn, uid)
+
+    def renew_leases(self, worker_id: str, lease_s: float) -> int:
+        """Extend the lease of every study ``worker_id`` is processing; returns how many."""
+        with self._tx() as conn:
+            return self._renew(conn, worker_id, lease_s)
+
+    @staticmethod
+    def _renew(conn: sa.Connection, worker_id: str, lease_s: float) -> int:
+        stmt = (
+            sa.update(studies)
+            .where(_S.state == "processing", _S.claimed_by == worker_id)
+            .values(lease_until=time.time() + lease_s)
+        )
+        return int(conn.execute(stmt).rowcount)
+
+    def requeue_expired(self, now: float | None = None, *, owner: str | None = None) -> list[str]:
+        """Put ``processing`` studies whose lease ran out (or that have none: claimed
+        before leases existed) back in the queue; with ``owner``, also every study that
+        worker holds, whatever its lease (a restarted worker takes its own back at once).
+        Returns their UIDs."""
+        now = time.time() if now is None else now
+        lost = sa.or_(_S.lease_until < now, _S.lease_until.is_(None))
+        if owner is not None:
+            lost = sa.or_(lost, _S.claimed_by == owner)
+        pick = (
+            sa.select(_S.study_uid)
+            .where(_S.state == "processing", lost)
+            .order_by(_S.study_uid)
+            .with_for_update(skip_locked=True)
+        )
+        with self._tx("requeue studies in") as conn:
+            uids = list(conn.execute(pick).scalars())
+            if uids:
+                conn.execute(
+                    sa.update(studies)
+                    .where(_S.study_uid.in_(uids), _S.state == "processing")
+                    .values(state="queued", claimed_by=None, lease_until=None,
+                            state_changed=time.time())
+                )  # fmt: skip
+        return uids
+
+    # -- the worker registry ------------------------------------------------------------
+
+    def register_worker(self, row: WorkerRow) -> None:
+        """Add or replace a process's row (at its start)."""
+        values = {
+            "worker_id": row.worker_id, "role": row.role, "host": row.host, "pid": row.pid,
+            "device": row.device, "model_uid": row.model_uid, "started": row.started,
+            "heartbeat": row.heartbeat, "load": json.dumps(row.load),
+        }  # fmt: skip
+        stmt = insert(self.dialect, workers).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[workers.c.worker_id],
+            set_={k: stmt.excluded[k] for k in values if k != "worker_id"},
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    def heartbeat(
+        self, worker_id: str, load: Mapping[str, Any], lease_s: float | None = None
+    ) -> None:
+        """A process is alive with this load; with ``lease_s`` its study leases are
+        renewed in the same transaction."""
+        stmt = (
+            sa.update(workers)
+            .where(workers.c.worker_id == worker_id)
+            .values(heartbeat=time.time(), load=json.dumps(dict(load)))
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+            if lease_s is not None:
+                self._renew(conn, worker_id, lease_s)
+
+    def workers(self, alive_within_s: float | None = None) -> list[WorkerRow]:
+        """Registered processes (those heard from in the last ``alive_within_s`` seconds),
+        by role then id; read on the monitoring connection (``/api/health`` asks)."""
+        w = workers.c
+        stmt = sa.select(
+            w.worker_id, w.role, w.host, w.pid, w.device, w.model_uid, w.started,
+            w.heartbeat, w.load,
+        ).order_by(w.role, w.worker_id)  # fmt: skip
+        if alive_within_s is not None:
+            stmt = stmt.where(w.heartbeat >= time.time() - alive_within_s)
+        with self._monitor() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            WorkerRow(
+                r[0],
+                r[1],
+                r[2],
+                int(r[3]),
+                r[4],
+                r[5],
+                float(r[6]),
+                float(r[7]),
+                json.loads(r[8]) if r[8] else {},
             )
+            for r in rows
+        ]
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.delete(workers).where(workers.c.worker_id == worker_id))
 
     # -- reads ------------------------------------------------------------------------
 
     def study(self, study_uid: str) -> StudyRow | None:
-        with self._lock:
-            row = self._db.execute(
-                _STUDY_SELECT + " WHERE s.study_uid = ? GROUP BY s.study_uid", (study_uid,)
-            ).fetchone()
-        return _study_row(row, self.deliveries(study_uid)) if row else None
+        with self._read() as conn:
+            return self._study_on(conn, study_uid)
+
+    @staticmethod
+    def _study_on(conn: sa.Connection, study_uid: str) -> StudyRow | None:
+        row = conn.execute(_study_select().where(_S.study_uid == study_uid)).first()
+        if row is None:
+            return None
+        ds = conn.execute(
+            sa.select(*_DELIVERY_COLUMNS)
+            .where(deliveries.c.study_uid == study_uid)
+            .order_by(deliveries.c.destination)
+        ).all()
+        return _study_row(row, [_delivery_row(d) for d in ds])
 
     def study_uids(self) -> list[str]:
         """Every study's UID, nothing else (cheap: no join over the instances)."""
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT study_uid FROM studies")]
+        with self._read() as conn:
+            return list(conn.execute(sa.select(_S.study_uid)).scalars())
 
     def studies(self, states: Sequence[str] = ()) -> list[StudyRow]:
-        sql = _STUDY_SELECT
-        if states:
-            sql += f" WHERE s.state IN ({', '.join('?' * len(states))})"
-        sql += " GROUP BY s.study_uid ORDER BY s.first_received, s.study_uid"
-        with self._lock:
-            rows = self._db.execute(sql, tuple(states)).fetchall()
-        by_study: dict[str, list[DeliveryRow]] = {}
-        if rows:
-            for d in self.deliveries():
-                by_study.setdefault(d.study_uid, []).append(d)
-        return [_study_row(r, by_study.get(r[0], ())) for r in rows]
+        with self._read() as conn:
+            return _studies_on(conn, states)
 
     # -- results and deliveries (the worker's) ------------------------------------------
 
-    def save_result(self, study_uid: str, generation: int, findings: str, result: str) -> bool:
+    def save_result(
+        self,
+        study_uid: str,
+        generation: int,
+        findings: str,
+        result: str,
+        owner: str | None = None,
+    ) -> bool:
         """Record a study's findings and result (JSON text): ``processing`` -> ``done``.
 
-        Guarded by ``generation``: a study reopened meanwhile keeps its new state.
+        Guarded by ``generation`` (a study reopened meanwhile keeps its new state) and,
+        given ``owner``, by the claim (a worker whose lease was taken over writes nothing).
         """
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE studies SET state = 'done', reason = NULL, findings = ?, result = ?, "
-                "state_changed = ? WHERE study_uid = ? AND state = 'processing' "
-                "AND generation = ?",
-                (findings, result, time.time(), study_uid, generation),
-            )
-            return cur.rowcount == 1
+        stmt = (
+            sa.update(studies)
+            .where(_S.study_uid == study_uid, _S.state == "processing",
+                   _S.generation == generation)
+            .values(state="done", reason=None, findings=findings, result=result,
+                    state_changed=time.time(), claimed_by=None, lease_until=None)
+        )  # fmt: skip
+        if owner is not None:
+            stmt = stmt.where(_S.claimed_by == owner)
+        with self._tx() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def restore_processing(
         self,
@@ -606,30 +782,28 @@ class Index:
         :mod:`dicom_node.store.study_marker`): state and its reason, generation, result,
         deliveries."""
         now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE studies SET state = ?, reason = ?, generation = ?, findings = ?, "
-                "result = ?, series_choice = ?, state_changed = ?, completed_at = CASE "
-                "WHEN ? IN ('done', 'skipped', 'failed') THEN ? ELSE completed_at END "
-                "WHERE study_uid = ?",
-                (state, reason, generation, findings, result, series_choice, now, state, now,
-                 study_uid),
-            )  # fmt: skip
+        values: dict[str, Any] = {
+            "state": state, "reason": reason, "generation": generation, "findings": findings,
+            "result": result, "series_choice": series_choice, "state_changed": now,
+            "claimed_by": None, "lease_until": None,
+        }  # fmt: skip
+        if state in ("done", "skipped", "failed"):
+            values["completed_at"] = now
+        with self._tx() as conn:
+            conn.execute(sa.update(studies).where(_S.study_uid == study_uid).values(values))
             for d in deliveries:
-                db.execute(
-                    "INSERT OR REPLACE INTO deliveries (study_uid, destination, generation, "
-                    "state, attempts, last_error, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (study_uid, d["destination"], int(d["generation"]), d["state"],
-                     int(d["attempts"]), d["last_error"], now),
+                self._put_delivery(
+                    conn, study_uid, d["destination"], int(d["generation"]), d["state"],
+                    int(d["attempts"]), d["last_error"], now, None,
                 )  # fmt: skip
 
     def result(self, study_uid: str) -> dict[str, Any] | None:
         """The latest result record of a study (generation, UIDs, files, timings)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT result FROM studies WHERE study_uid = ?", (study_uid,)
-            ).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(_S.result).where(_S.study_uid == study_uid)
+            ).scalar_one_or_none()
+        return json.loads(value) if value else None
 
     def set_delivery(
         self,
@@ -643,17 +817,27 @@ class Index:
     ) -> None:
         """Write a delivery's row; ``next_attempt`` is kept only while it is pending."""
         due = next_attempt if state == "pending" else None
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO deliveries (study_uid, destination, generation, state, attempts, "
-                "last_error, updated, next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (study_uid, destination) DO UPDATE SET "
-                "generation = excluded.generation, state = excluded.state, "
-                "attempts = excluded.attempts, last_error = excluded.last_error, "
-                "updated = excluded.updated, next_attempt = excluded.next_attempt",
-                (study_uid, destination, generation, state, attempts, last_error, time.time(),
-                 due),
-            )  # fmt: skip
+        with self._tx() as conn:
+            self._put_delivery(conn, study_uid, destination, generation, state, attempts,
+                               last_error, time.time(), due)  # fmt: skip
+
+    def _put_delivery(
+        self, conn: sa.Connection, study_uid: str, destination: str, generation: int,
+        state: str, attempts: int, last_error: str | None, updated: float,
+        next_attempt: float | None,
+    ) -> None:  # fmt: skip
+        stmt = insert(self.dialect, deliveries).values(
+            study_uid=study_uid, destination=destination, generation=generation, state=state,
+            attempts=attempts, last_error=last_error, updated=updated,
+            next_attempt=next_attempt,
+        )  # fmt: skip
+        keep = ("generation", "state", "attempts", "last_error", "updated", "next_attempt")
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[deliveries.c.study_uid, deliveries.c.destination],
+                set_={k: stmt.excluded[k] for k in keep},
+            )
+        )
 
     def delivery(self, study_uid: str, destination: str) -> DeliveryRow | None:
         rows = [d for d in self.deliveries(study_uid) if d.destination == destination]
@@ -662,93 +846,108 @@ class Index:
     def deliveries(
         self, study_uid: str | None = None, states: Sequence[str] = ()
     ) -> list[DeliveryRow]:
-        sql = (
-            "SELECT study_uid, destination, generation, state, attempts, last_error, updated, "
-            "next_attempt FROM deliveries WHERE 1 = 1"
-        )
-        args: list[Any] = []
+        d = deliveries.c
+        stmt = sa.select(*_DELIVERY_COLUMNS).order_by(d.study_uid, d.destination)
         if study_uid is not None:
-            sql += " AND study_uid = ?"
-            args.append(study_uid)
+            stmt = stmt.where(d.study_uid == study_uid)
         if states:
-            sql += f" AND state IN ({', '.join('?' * len(states))})"
-            args.extend(states)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY study_uid, destination", args).fetchall()
-        return [_delivery_row(r) for r in rows]
+            stmt = stmt.where(d.state.in_(states))
+        with self._read() as conn:
+            return [_delivery_row(r) for r in conn.execute(stmt)]
 
     def instances(self, study_uid: str) -> list[InstanceRow]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax, "
-                "eligible, size, path, received FROM instances WHERE study_uid = ? "
-                "ORDER BY series_uid, path",
-                (study_uid,),
-            ).fetchall()
+        i = instances.c
+        stmt = (
+            sa.select(i.sop_uid, i.study_uid, i.series_uid, i.sop_class_uid,
+                      i.transfer_syntax, i.eligible, i.size, i.path, i.received)
+            .where(i.study_uid == study_uid)
+            .order_by(i.series_uid, i.path)
+        )  # fmt: skip
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
         return [
             InstanceRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), int(r[6]), r[7], float(r[8]))
             for r in rows
         ]
 
     def sop_classes(self, study_uid: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT DISTINCT sop_class_uid FROM instances WHERE study_uid = ?", (study_uid,)
-            ).fetchall()
-        return [r[0] for r in rows]
+        stmt = sa.select(_I.sop_class_uid).where(_I.study_uid == study_uid).distinct()
+        with self._read() as conn:
+            return list(conn.execute(stmt).scalars())
 
     def known_paths(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT path FROM instances")}
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """The monitoring connection (read-only, opened on first use)."""
-        with self._read_lock:
-            if self._closed:
-                raise IndexDBError(f"index {self.path} is closed")
-            if self._reader is None:
-                self._reader = sqlite3.connect(
-                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
-                    isolation_level=None, timeout=5.0,
-                )  # fmt: skip
-            yield self._reader
+        with self._read() as conn:
+            return set(conn.execute(sa.select(_I.path)).scalars())
 
     def counts(self) -> tuple[dict[str, int], int]:
         """Studies per state and pending deliveries, read on the monitoring connection."""
-        with self._reading() as db:
-            states = dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state"))
-            (pending,) = db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"
-            ).fetchone()
-        return {str(k): int(v) for k, v in states.items()}, int(pending)
+        per_state = sa.select(_S.state, sa.func.count()).group_by(_S.state)
+        pending = sa.select(sa.func.count()).where(deliveries.c.state == "pending")
+        with self._monitor() as conn:
+            states = {str(k): int(v) for k, v in conn.execute(per_state).all()}
+            n_pending = int(conn.execute(pending).scalar_one())
+        return states, n_pending
 
     def browse(self, states: Sequence[str] = ()) -> list[StudyRow]:
         """:meth:`studies` on the monitoring connection, for the worklist's polls.
 
         Its aggregate over every instance takes a while on a large index (0.6 s for 10,000
-        studies of 300 images, BENCHMARKS.md); on the writer's connection it would hold
-        the lock every C-STORE commit waits for, here WAL lets both run at once.
+        studies of 300 images, BENCHMARKS.md); on SQLite's writer connection it would hold
+        the lock every C-STORE commit waits for, on the monitoring one WAL lets both run.
         """
-        sql = _STUDY_SELECT
-        if states:
-            sql += f" WHERE s.state IN ({', '.join('?' * len(states))})"
-        sql += " GROUP BY s.study_uid ORDER BY s.first_received, s.study_uid"
-        with self._reading() as db:
-            rows = db.execute(sql, tuple(states)).fetchall()
-            deliveries = db.execute(
-                "SELECT study_uid, destination, generation, state, attempts, last_error, "
-                "updated, next_attempt FROM deliveries ORDER BY study_uid, destination"
-            ).fetchall()
-        by_study: dict[str, list[DeliveryRow]] = {}
-        for r in deliveries:
-            by_study.setdefault(r[0], []).append(_delivery_row(r))
-        return [_study_row(r, by_study.get(r[0], ())) for r in rows]
+        with self._monitor() as conn:
+            return _studies_on(conn, states)
 
     def total_size(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM instances").fetchone()
-        return int(row[0])
+        with self._read() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_I.size), 0))).scalar_one()
+            )
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    """Start SQLite's write transaction with its lock taken up front (the pysqlite
+    connection runs in autocommit, ``isolation_level=None``, so SQLAlchemy's ``begin()``
+    emits nothing and this is the transaction's BEGIN; its COMMIT or ROLLBACK is
+    SQLAlchemy's). Sent on the driver connection: the statement is fixed and this is
+    the C-STORE path's hottest line."""
+    try:
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+
+
+def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
+    """Every SQLite connection of the index: WAL, ``synchronous=NORMAL`` (see the module
+    docstring), foreign keys enforced (a study's rows go with it)."""
+    cur = dbapi_con.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def _detail(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's own message (first line), without SQLAlchemy's statement echo."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _studies_on(conn: sa.Connection, states: Sequence[str]) -> list[StudyRow]:
+    stmt = _study_select().order_by(_S.first_received, _S.study_uid)
+    if states:
+        stmt = stmt.where(_S.state.in_(states))
+    rows = conn.execute(stmt).all()
+    by_study: dict[str, list[DeliveryRow]] = {}
+    if rows:
+        for r in conn.execute(
+            sa.select(*_DELIVERY_COLUMNS).order_by(deliveries.c.study_uid, deliveries.c.destination)
+        ):
+            by_study.setdefault(r[0], []).append(_delivery_row(r))
+    return [_study_row(r, by_study.get(r[0], ())) for r in rows]
 
 
 def _delivery_row(r: Sequence[Any]) -> DeliveryRow:
@@ -758,18 +957,31 @@ def _delivery_row(r: Sequence[Any]) -> DeliveryRow:
     )  # fmt: skip
 
 
-def open_checked(path: Path, spool_dir: Path) -> Index:
+def open_checked(target: str | Path, spool_dir: Path) -> Index:
     """The index ``serve`` runs on, refused when it cannot be trusted: missing or empty
     while the spool holds received files (deleted or truncated while the node was
-    stopped), or damaged pages (SQLite's ``quick_check``). Either way the message names
-    ``reindex``; starting on a blank index would forget what was processed and sent."""
-    fresh = not path.exists() or path.stat().st_size == 0
-    if fresh and _holds_files(spool_dir):
-        raise IndexDamagedError(
-            f"index {path} is missing or empty while the spool {spool_dir} holds received "
-            f"files; {REINDEX_HINT}"
-        )
-    index = Index(path)
+    stopped; on PostgreSQL: a database without the index's tables), or damaged pages
+    (SQLite's ``quick_check``). Either way the message names ``reindex``; starting on a
+    blank index would forget what was processed and sent. A PostgreSQL server that
+    cannot be reached is an :class:`IndexDBError` naming its host, port and database."""
+    _url, path = _parse_target(target)
+    if path is not None:
+        fresh = not path.exists() or path.stat().st_size == 0
+        if fresh and _holds_files(spool_dir):
+            raise IndexDamagedError(
+                f"index {path} is missing or empty while the spool {spool_dir} holds "
+                f"received files; {REINDEX_HINT}"
+            )
+        index = Index(path)
+    else:
+        try:
+            index = Index(target, create=False)
+        except _NoSchemaError as exc:
+            if _holds_files(spool_dir):
+                raise IndexDamagedError(
+                    f"{exc} while the spool {spool_dir} holds received files; {REINDEX_HINT}"
+                ) from exc
+            index = Index(target)
     try:
         index.check()
     except IndexDBError:
@@ -778,10 +990,12 @@ def open_checked(path: Path, spool_dir: Path) -> Index:
     return index
 
 
-def set_aside_if_damaged(path: Path) -> Path | None:
-    """Rename a damaged index file (and its ``-wal``/``-shm``) to ``<name>.damaged-<time>``
-    so that ``reindex`` starts a new one; returns the new name, None if it was sound."""
-    if not path.exists() or _sound(path):
+def set_aside_if_damaged(target: str | Path) -> Path | None:
+    """Rename a damaged SQLite index file (and its ``-wal``/``-shm``) to
+    ``<name>.damaged-<time>`` so that ``reindex`` starts a new one; returns the new name,
+    None if it was sound (or the index is on PostgreSQL, which has no file to set aside)."""
+    _url, path = _parse_target(target)
+    if path is None or not path.exists() or _sound(path):
         return None
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = path.with_name(f"{path.name}.damaged-{stamp}")
@@ -832,4 +1046,6 @@ def _study_row(r: Sequence[Any], deliveries: Sequence[DeliveryRow] = ()) -> Stud
         findings=json.loads(r[12]) if r[12] else None,
         deliveries=tuple(deliveries),
         series_choice=series_outcome.loads(r[13]),
+        claimed_by=r[14],
+        lease_until=float(r[15]) if r[15] is not None else None,
     )

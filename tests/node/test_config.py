@@ -41,9 +41,32 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert s.study.quiet_seconds == 2.5
 
 
+def test_index_db_is_a_path_or_a_database_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "site" / "node.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text("storage: {index_db: db/index.sqlite}\n")
+    assert load_settings(cfg).index_target() == (tmp_path / "site" / "db" / "index.sqlite")
+    cfg.write_text("storage: {index_db: 'sqlite:///db/index.sqlite'}\n")
+    assert load_settings(cfg).index_target() == (tmp_path / "site" / "db" / "index.sqlite")
+    cfg.write_text("storage: {index_db: 'sqlite:////abs/index.sqlite'}\n")
+    assert load_settings(cfg).index_target() == Path("/abs/index.sqlite")
+    url = "postgresql+psycopg://node:pw@db.example:5433/ich"
+    monkeypatch.setenv("ICH_STORAGE__INDEX_DB", url)  # the environment wins, as for any key
+    s = load_settings(cfg)
+    assert s.storage.index_db == url
+    assert s.index_target() == url
+    monkeypatch.delenv("ICH_STORAGE__INDEX_DB")
+    assert load_settings(None).index_target() == Path("var/index.sqlite").resolve()
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [
+        ("storage: {index_db: 'mysql://u:p@h/db'}\n", "storage.index_db"),
+        ("storage: {index_db: 'sqlite:///'}\n", "storage.index_db"),
+        ("storage: {index_db: ''}\n", "storage.index_db"),
         ("node: {port: 99999}\n", "node.port"),
         ("node: {ae_title: 'THIS_AE_TITLE_IS_TOO_LONG'}\n", "node.ae_title"),
         ("node: {prot: 1}\n", "node.prot"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -22,6 +23,7 @@ from nodes import (
     wait_for,
     write_config,
 )
+from pg import PostgresServer
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
@@ -168,3 +170,45 @@ def test_echo_command(start_node: Callable[..., Node]) -> None:
         app, ["echo", "127.0.0.1", str(node.port), NODE_AET, "--calling-aet", "OTHER"]
     )
     assert refused.exit_code == 1
+
+
+def test_on_postgresql_an_empty_database_is_refused_and_reindex_fills_it(
+    phantom: WrittenStudy,
+    tmp_path: Path,
+    start_node: Callable[..., Node],
+    postgres: PostgresServer,
+) -> None:
+    """The index on PostgreSQL: a node receives into it; pointed at an empty database
+    (the index lost) it refuses to start naming reindex; ``reindex`` fills that database
+    from the spool, and the next start completes the study."""
+    root = tmp_path / "site"
+    node = start_node(root=root, storage={"index_db": postgres.database()})
+    assert node.service.index is not None
+    assert node.service.index.dialect == "postgresql"
+    assert storescu(node.port, phantom.main.files).returncode == 0
+    node.wait_state(phantom.study_uid, "complete")
+    node.service.stop()
+    lost = postgres.database()
+    env = {**os.environ, "ICH_STORAGE__INDEX_DB": lost}
+    serve = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(node.config)],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert serve.returncode == 1
+    assert "dicom-node reindex" in serve.stderr
+    assert "127.0.0.1" in serve.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "reindex", "--config", str(node.config)],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"reindexed {len(phantom.main.files)} instances in 1 studies" in proc.stdout
+    index = Index(lost)
+    try:
+        (row,) = index.studies()
+    finally:
+        index.close()
+    assert (row.study_uid, row.instances, row.state) == (
+        phantom.study_uid, len(phantom.main.files), "receiving")  # fmt: skip
+    again = start_node(root=root, storage={"index_db": lost})
+    again.wait_state(phantom.study_uid, "complete")

@@ -84,8 +84,8 @@ def _row(sop: str, study: str = "1.2", t: float = 100.0, cls: str = CT) -> Insta
                        f"{study}/1.2.1/{sop}.dcm", t)  # fmt: skip
 
 
-def test_index_schema_states_and_reopen(tmp_path: Path) -> None:
-    index = Index(tmp_path / "i.sqlite")
+def test_index_schema_states_and_reopen(index_target: str | Path) -> None:
+    index = Index(index_target)
     assert index.schema_version == SCHEMA_VERSION
     first = index.record(_row("1.2.1.1"))
     assert first.inserted
@@ -105,9 +105,10 @@ def test_index_schema_states_and_reopen(tmp_path: Path) -> None:
     assert reopened is not None
     assert reopened.state == "receiving"
     index.close()
-    again = Index(tmp_path / "i.sqlite")  # reopening keeps rows and schema
+    again = Index(index_target)  # reopening keeps rows and schema
     assert again.schema_version == SCHEMA_VERSION
     assert len(again.studies()) == 1
+    again.close()
 
 
 class FakeScheduler:
@@ -124,8 +125,10 @@ class FakeScheduler:
         self.forgotten.append(study_uid)
 
 
-def test_completion_waits_for_quiet_then_calls_hooks(tmp_path: Path) -> None:
-    index = Index(tmp_path / "i.sqlite")
+def test_completion_waits_for_quiet_then_calls_hooks(
+    tmp_path: Path, index_target: str | Path
+) -> None:
+    index = Index(index_target)
     spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     sched = FakeScheduler()
     seen: list[StudyRow] = []
@@ -139,10 +142,11 @@ def test_completion_waits_for_quiet_then_calls_hooks(tmp_path: Path) -> None:
     assert [s.study_uid for s in seen] == ["1.2"]
     assert asm.complete("1.2", now=1050.0) == "not_receiving"
     assert len(seen) == 1
+    index.close()
 
 
-def test_study_without_ct_is_skipped_with_reason(tmp_path: Path) -> None:
-    index = Index(tmp_path / "i.sqlite")
+def test_study_without_ct_is_skipped_with_reason(tmp_path: Path, index_target: str | Path) -> None:
+    index = Index(index_target)
     spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     asm = Assembler(index, spool, FakeScheduler(), quiet_seconds=1, hash_key="k", hooks=[])
     index.record(_row("1.3.1.1", study="1.3", cls=SC))
@@ -152,10 +156,11 @@ def test_study_without_ct_is_skipped_with_reason(tmp_path: Path) -> None:
     assert study.state == "skipped"
     assert study.reason is not None
     assert "Secondary Capture Image Storage" in study.reason
+    index.close()
 
 
-def test_retention_purges_processed_studies_only(tmp_path: Path) -> None:
-    index = Index(tmp_path / "i.sqlite")
+def test_retention_purges_processed_studies_only(tmp_path: Path, index_target: str | Path) -> None:
+    index = Index(index_target)
     spool = Spool(tmp_path / "spool", index, min_free_mb=0, journal_segment_mb=None)
     for study in ("1.4", "1.5"):
         folder = tmp_path / "spool" / study / "1.2.1"
@@ -169,6 +174,7 @@ def test_retention_purges_processed_studies_only(tmp_path: Path) -> None:
     assert index.study("1.4") is None
     assert not (tmp_path / "spool" / "1.4").exists()
     assert index.study("1.5") is not None  # still receiving: never purged
+    index.close()
 
 
 def test_part10_header_matches_what_pydicom_reads(tmp_path: Path) -> None:
