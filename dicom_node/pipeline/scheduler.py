@@ -166,13 +166,11 @@ class StudyScheduler:
         """Stop claiming; with ``wait`` the running jobs finish first. Rows this process
         still holds are released for others; pending timers stay stored."""
         with self._gate:
-            if self._closing:
-                return
-            self._closing = True
-        if self._started:
+            first, self._closing = not self._closing, True
+        if first and self._started:
             self._dispatcher.stop(wait=wait)
             self._store.release(self.owner)
-        if wait:
+        if wait:  # (again after reads since: they opened connections)
             self._store.engine.dispose()
 
     @property
