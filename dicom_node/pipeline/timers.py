@@ -404,13 +404,14 @@ class Dispatcher:
                 for job in claimed:
                     self._busy[job.executor] += 1
                     self._held[job.id] += 1
+                holding = bool(self._held)
             for job in claimed:
                 self._pools[job.executor].submit(self._run, job)
             now = time.time()
             wait = self.poll_s
             if nxt is not None:
                 wait = min(wait, max(0.0, nxt - now))
-            if self._held:
+            if holding:
                 wait = min(wait, max(0.0, renew_at - now))
             with self._cond:
                 if self._stopping:

@@ -250,3 +250,18 @@ def test_nothing_is_scheduled_once_shut_down(make: Make) -> None:
     assert not sched.running
     sched.schedule_job(ts.RECORD, "deliver:late", time.time(), ["late"], name="deliver")
     assert not sched.has_job("deliver:late")
+
+
+def test_jobs_live_in_their_own_file_unless_the_index_is_on_postgresql(tmp_path: Any) -> None:
+    from dicom_node.config import load_settings
+    from dicom_node.pipeline.scheduler import jobs_url
+
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("storage: {jobs_db: state/jobs.sqlite, index_db: state/index.sqlite}\n")
+    settings = load_settings(cfg)
+    assert jobs_url(settings) == f"sqlite:///{tmp_path / 'state' / 'jobs.sqlite'}"
+    pg = "postgresql+psycopg://node@db.example:5432/ich"
+    shared = settings.model_copy(
+        update={"storage": settings.storage.model_copy(update={"index_db": pg})}
+    )
+    assert jobs_url(shared) == pg
