@@ -225,7 +225,9 @@ class TimerStore:
     ) -> tuple[list[Claimed], float | None]:
         """Claim due rows of ``kinds`` with a free lease, oldest first, at most ``slots``
         per executor; returns them and the earliest later due of executors still free."""
-        free_lease = or_(TIMERS.c.owner.is_(None), TIMERS.c.lease_until < now)
+        free_lease = or_(
+            TIMERS.c.owner.is_(None), TIMERS.c.lease_until.is_(None), TIMERS.c.lease_until < now
+        )
         mine = TIMERS.c.kind.in_(sorted(kinds))
         claimed: list[Claimed] = []
         with self.engine.begin() as con:
