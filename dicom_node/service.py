@@ -64,7 +64,7 @@ from dicom_node.pipeline.delivery import (
 )
 from dicom_node.pipeline.delivery_metrics import MeteredDeliverer
 from dicom_node.pipeline.notifying import notify_channels
-from dicom_node.pipeline.scheduler import StudyScheduler
+from dicom_node.pipeline.scheduler import StudyScheduler, jobs_url
 from dicom_node.store.index import STATES, Index, StudyRow, open_checked
 from dicom_node.store.spool import Spool, Stored
 
@@ -165,7 +165,8 @@ class Service:
             counts=self.index.counts, spool_bytes=lambda: spool.size, spool_dir=spool.root
         )
         self.scheduler = StudyScheduler(
-            s.resolve(s.storage.jobs_db),
+            jobs_url(s),
+            legacy_jobs_db=s.resolve(s.storage.jobs_db),
             quiet_seconds=s.study.quiet_seconds,
             runtime_key=self.key,
             debounce_s=self._debounce_s,
