@@ -73,6 +73,8 @@ def jobs_url(settings: Settings) -> str:
     """Where the timers live: the index's database when that is PostgreSQL (shared by
     every process of the node), else ``storage.jobs_db``, an SQLite file of their own."""
     index = str(settings.storage.index_db)
+    if index.startswith("postgresql://"):  # psycopg 3, as the index itself takes it
+        return "postgresql+psycopg://" + index.removeprefix("postgresql://")
     if index.startswith("postgresql"):
         return index
     return f"sqlite:///{settings.resolve(settings.storage.jobs_db)}"
