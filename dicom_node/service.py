@@ -198,6 +198,7 @@ class Service:
         )
         self.scheduler = StudyScheduler(
             jobs_url(s),
+            legacy_jobs_db=s.resolve(s.storage.jobs_db),
             quiet_seconds=s.study.quiet_seconds,
             runtime_key=self.key,
             debounce_s=self._debounce_s,

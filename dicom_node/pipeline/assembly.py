@@ -7,7 +7,7 @@ stored instances of it and is still open and sending (a PDU less than
 ``quiet_seconds`` ago) holds it: the quiet period then counts from that association's
 release or abort (:class:`Holds`, kept by :mod:`dicom_node.net.sessions`). An open
 association that went silent holds nothing: the deadline counts from its last instance.
-The deadline is a durable APScheduler job (:mod:`dicom_node.pipeline.scheduler`); this
+The deadline is a durable timer (:mod:`dicom_node.pipeline.scheduler`); this
 module holds what the job does.
 
 On completion a study with no eligible instance (no CT image) ends ``skipped`` with a
@@ -220,10 +220,10 @@ def unregister_runtime(key: str) -> None:
 
 
 def run_complete_job(study_uid: str, runtime_key: str) -> None:
-    """Job body of ``complete:<study_uid>``: a module-level function, so it pickles.
+    """Job body of ``complete:<study digest>``: a module-level function, named by its timer.
 
-    If no node of this process serves ``runtime_key`` (a job left over by a node started
-    with another config), nothing is lost: start-up schedules every ``receiving`` study
+    If no node of this process serves ``runtime_key`` (it is starting or stopping),
+    nothing is lost: start-up schedules every ``receiving`` study
     that has no job.
     """
     assembler = ASSEMBLERS.get(runtime_key)

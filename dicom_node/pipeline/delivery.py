@@ -6,7 +6,7 @@ A destination is a :class:`Channel`: a PACS (:class:`PacsChannel`, the SR/SC ove
 (``max_attempts``, ``retry_base_s``, ``retry_cap_s``).
 
 Each (study, destination) has one row in the index's ``deliveries`` table and, while
-``pending``, one persistent APScheduler job ``deliver:<study digest>:<destination>``. A job
+``pending``, one durable timer ``deliver:<study digest>:<destination>``. A job
 makes one attempt of its channel (a PACS: the saved SR/SC files through
 :func:`dicom_node.net.scu.send`) and then:
 
@@ -224,7 +224,7 @@ class Deliverer:
             DELIVER_FUNC,
             delivery_job_id(study_uid, destination),
             at,
-            [study_uid, destination, self.runtime_key],
+            [study_uid, destination],  # the running process appends its runtime key
             name="deliver",
         )
 
@@ -312,7 +312,8 @@ def unregister_deliverer(key: str) -> None:
 
 
 def run_delivery_job(study_uid: str, destination: str, runtime_key: str) -> None:
-    """Job body of ``deliver:<study digest>:<destination>`` (module-level, so it pickles)."""
+    """Job body of ``deliver:<study digest>:<destination>`` (module-level: a timer names it by
+    text reference; ``runtime_key`` is the one of the process that runs it)."""
     deliverer = DELIVERERS.get(runtime_key)
     if deliverer is None:
         log.warning("delivery.job_orphaned", extra={"runtime": runtime_key})

@@ -1,10 +1,11 @@
 """Where durable jobs find the live objects of the node that runs them.
 
-APScheduler jobs are stored as a text reference to a module-level function plus plain
-arguments, so they can run in a restarted process. The arguments carry a runtime key
-(the config path); the function looks the live object up here. A job left by a node
-started with another config finds nothing and says so, rather than acting on the
-wrong node.
+Durable timers (:mod:`dicom_node.pipeline.timers`) are stored as a text reference to a
+module-level function plus plain arguments, so they can run in a restarted process or in
+another one. The process that runs a job appends its own runtime key (its config path);
+the function looks the live object up here. A job run where no such object is
+registered (a node starting or stopping) finds nothing and says so, rather than acting
+on the wrong node.
 """
 
 from __future__ import annotations

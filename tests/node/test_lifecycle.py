@@ -63,9 +63,9 @@ def test_restart_between_last_instance_and_deadline_still_completes(
     assert before is not None
     assert before.state == "receiving"
     with sqlite3.connect(tmp_path / "jobs.sqlite") as db:
-        ids = {r[0] for r in db.execute("SELECT id FROM apscheduler_jobs")}
+        ids = {r[0] for r in db.execute("SELECT id FROM timers")}
     assert complete_job_id(phantom.study_uid) in ids
-    assert not any(phantom.study_uid in i for i in ids)  # ids reach APScheduler's logs
+    assert not any(phantom.study_uid in i for i in ids)  # ids reach the logs
 
     node = ServeProcess(cfg, log)
     try:

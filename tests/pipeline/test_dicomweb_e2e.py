@@ -90,9 +90,16 @@ def test_sr_and_sc_arrive_over_stow_rs_and_a_404_fails_permanently(
     assert rows["wrong-path"]["attempts"] == 1  # permanent: not retried
     assert "HTTP 404" in rows["wrong-path"]["last_error"]
 
-    metrics = generate_latest(node.service.metrics.registry).decode()
-    assert 'dicom_node_deliveries_total{destination="archive",outcome="sent"} 1.0' in metrics
-    assert 'dicom_node_deliveries_total{destination="wrong-path",outcome="failed"} 1.0' in metrics
+    # An attempt is counted once it returns, a moment after its row was written.
+    counted = (
+        'dicom_node_deliveries_total{destination="archive",outcome="sent"} 1.0\n',
+        'dicom_node_deliveries_total{destination="wrong-path",outcome="failed"} 1.0\n',
+    )
+    wait_for(
+        lambda: all(c in generate_latest(node.service.metrics.registry).decode() for c in counted),
+        30,
+        "both attempts counted",
+    )
     assert_no_phi(node.log.getvalue(), study)
 
 
