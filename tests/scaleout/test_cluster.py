@@ -26,7 +26,7 @@ STUDIES = 20
 
 def split_study(root: Path, seed: int) -> WrittenStudy:
     """A head CT with its main series and a localizer (a scanner's usual two)."""
-    spec = PhantomSpec(seed=seed, n_slices=8, size=64, patient_name=SENTINEL_NAME,
+    spec = PhantomSpec(seed=seed, n_slices=12, size=64, patient_name=SENTINEL_NAME,
                        patient_id=SENTINEL_ID)  # fmt: skip
     return write_study(root / f"s{seed}", spec, extra_series=("localizer",))
 
