@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nodes import Node, storescu
+from nodes import Node, storescu, wait_for
 from peers import free_port
 from pipeline.support import RecordingPacs, assert_no_phi, destination, index_sql, phantom
 from pipeline.test_worker import FINAL, wait_study
@@ -54,7 +54,12 @@ def test_pacs_down_at_first_then_up_is_delivered_exactly_once(
     assert row.state == "sent"
     assert row.attempts >= 2
     assert row.last_error is None
-    assert not node.service.scheduler.has_job(delivery_job_id(study.study_uid, "pacs"))
+    # the job's row goes once its run returns, a moment after it wrote the delivery's end
+    wait_for(
+        lambda: not node.service.scheduler.has_job(delivery_job_id(study.study_uid, "pacs")),  # type: ignore[union-attr]
+        30,
+        "the delivery job to be gone",
+    )
     counts = pacs.sop_counts()
     assert len(counts) == 2  # SR and SC
     assert set(counts.values()) == {1}  # each stored once
@@ -84,7 +89,12 @@ def test_pacs_rejecting_our_ae_fails_after_one_attempt(
     assert "association rejected" in d.last_error
     assert "Calling AE title not recognised" in d.last_error
     assert node.service.scheduler is not None
-    assert not node.service.scheduler.has_job(delivery_job_id(study.study_uid, "pacs"))
+    # the job's row goes once its run returns, a moment after it wrote the delivery's end
+    wait_for(
+        lambda: not node.service.scheduler.has_job(delivery_job_id(study.study_uid, "pacs")),  # type: ignore[union-attr]
+        30,
+        "the delivery job to be gone",
+    )
     assert pacs.received == []
     assert_no_phi(node.log.getvalue(), study)
 

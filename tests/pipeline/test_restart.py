@@ -134,7 +134,9 @@ def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
         )
     finally:
         assert node.stop() == 0
-    assert states() == ["done", "queued"]
+    # the study in hand finished, the prepared one went back to the queue (which of the
+    # two completed first and was claimed first is the timers' race, not the point here)
+    assert sorted(states()) == ["done", "queued"]
 
     node = ServeProcess(cfg, log)
     try:
