@@ -10,7 +10,10 @@ release, from pynetdicom in this process) sampled every ``--echo-every`` seconds
 the load. ``--soak N`` sends N studies instead (the same associations, one study each,
 again and again, at most two per association ahead of those processed and delivered, so
 the backlog stays level) and reports the RSS slope between the first and the last 100
-studies.
+studies, a least-squares slope over the second half (past the warm-up), and RSS by bins
+of ``--bin`` studies split into anonymous and file-backed (``/proc/<pid>/smaps_rollup``;
+nothing asked of the node itself): a leak or fragmentation shows in the anonymous part,
+and a bounded warm-up as a series that levels off.
 
 Studies are clones of one generated phantom with new Study/Series/SOP Instance UIDs
 (pixel data identical: the node does not care, and generating 80 phantoms would cost
