@@ -10,7 +10,10 @@ release, from pynetdicom in this process) sampled every ``--echo-every`` seconds
 the load. ``--soak N`` sends N studies instead (the same associations, one study each,
 again and again, at most two per association ahead of those processed and delivered, so
 the backlog stays level) and reports the RSS slope between the first and the last 100
-studies.
+studies, a least-squares slope over the second half (past the warm-up), and RSS by bins
+of ``--bin`` studies split into anonymous and file-backed (``/proc/<pid>/smaps_rollup``;
+nothing asked of the node itself): a leak or fragmentation shows in the anonymous part,
+and a bounded warm-up as a series that levels off.
 
 Studies are clones of one generated phantom with new Study/Series/SOP Instance UIDs
 (pixel data identical: the node does not care, and generating 80 phantoms would cost
@@ -50,6 +53,32 @@ from e2e import ENV, STORESCU, Node, Pacs, write_checkpoint  # noqa: E402
 HASH_KEY = "bench-key"
 
 
+@dataclass(frozen=True)
+class MemorySample:
+    """The node's memory from /proc at one moment, with the studies delivered by then
+    (KiB). ``anon_kib`` is ``smaps_rollup``'s Anonymous (the heap, malloc arenas, Python
+    objects, tensors); ``file_kib`` is the rest of Rss (mapped libraries, the model file,
+    page-cache pages of mapped files): fragmentation and leaks show in the first."""
+
+    t: float
+    done: int
+    rss_kib: int
+    anon_kib: int
+    file_kib: int
+
+
+@dataclass(frozen=True)
+class MemoryBin:
+    """Means over the samples taken while studies ``first``..``last`` were delivered."""
+
+    first: int
+    last: int
+    samples: int
+    rss_mib: float
+    anon_mib: float
+    file_mib: float
+
+
 @dataclass
 class LoadResult:
     """What one run measured and checked (sizes in MiB, times in seconds)."""
@@ -71,6 +100,7 @@ class LoadResult:
     echo_failures: int = 0
     storescu_failures: int = 0
     rss_by_done: list[tuple[int, float]] = field(default_factory=list)
+    memory: list[MemorySample] = field(default_factory=list)
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
@@ -105,6 +135,51 @@ class LoadResult:
             return None
         span = self.studies - w  # centre of the last window minus centre of the first
         return w, (statistics.mean(last) - statistics.mean(first)) * 1024 / span
+
+    def memory_bins(self, size: int = 50) -> list[MemoryBin]:
+        """RSS by bins of ``size`` delivered studies (a sample taken when ``done``
+        studies were delivered falls in the bin of study ``done + 1``, the one under way)."""
+        groups: dict[int, list[MemorySample]] = {}
+        for m in self.memory:
+            groups.setdefault(min(m.done, max(0, self.studies - 1)) // size, []).append(m)
+        bins = []
+        for k in sorted(groups):
+            ms = groups[k]
+            bins.append(MemoryBin(
+                k * size + 1, min((k + 1) * size, self.studies), len(ms),
+                statistics.mean(m.rss_kib for m in ms) / 1024,
+                statistics.mean(m.anon_kib for m in ms) / 1024,
+                statistics.mean(m.file_kib for m in ms) / 1024,
+            ))  # fmt: skip
+        return bins
+
+    def lsq_slope(self, key: str = "rss_kib", since: float = 0.5) -> float | None:
+        """Least-squares KiB per study of ``key`` over the samples taken after
+        ``since`` of the studies were delivered (the second half by default: past the
+        warm-up); None if too few samples or no spread in studies."""
+        pts = [(m.done, getattr(m, key)) for m in self.memory if m.done > since * self.studies]
+        if len(pts) < 3:
+            return None
+        mx = statistics.mean(x for x, _ in pts)
+        my = statistics.mean(y for _, y in pts)
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        if sxx == 0:
+            return None
+        return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+    def memory_report(self, bin_size: int = 50) -> dict[str, object]:
+        """Everything about memory for ``--json``: bins, slopes, the raw samples."""
+        slope = self.rss_slope()
+        return {
+            "bin_size": bin_size,
+            "bins": [asdict(b) for b in self.memory_bins(bin_size)],
+            "slope_first_last_kib_per_study": None if slope is None else slope[1],
+            "slope_window": None if slope is None else slope[0],
+            "lsq_second_half_kib_per_study": {
+                k: self.lsq_slope(k) for k in ("rss_kib", "anon_kib", "file_kib")
+            },
+            "peak_rss_mib": self.peak_rss_mib,
+        }
 
 
 # -- studies -----------------------------------------------------------------------------
@@ -239,6 +314,18 @@ def rss_mib(pid: int, key: str = "VmRSS") -> float:
     return 0.0
 
 
+def memory_kib(pid: int) -> tuple[int, int, int]:
+    """(Rss, Anonymous, Rss - Anonymous) of ``pid`` in KiB, from ``smaps_rollup`` (one
+    read; the kernel sums the mappings)."""
+    fields: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        with contextlib.suppress(ValueError, IndexError):
+            fields[key] = int(rest.split()[0])
+    rss, anon = fields.get("Rss", 0), fields.get("Anonymous", 0)
+    return rss, anon, rss - anon
+
+
 def du_mib(path: Path) -> float:
     total = 0
     for dirpath, _, names in os.walk(path):
@@ -270,7 +357,12 @@ class Sampler(threading.Thread):
             else:
                 self.result.echo_s.append(rtt)
             done = progress(self.index_db)[2]
-            self.result.rss_by_done.append((done, rss_mib(self.node.proc.pid)))
+            # The node gone (it crashed, or the run is being torn down): the waiting loop
+            # reports that; the sampler must not die of it first.
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                rss, anon, filed = memory_kib(self.node.proc.pid)
+                self.result.rss_by_done.append((done, rss / 1024))
+                self.result.memory.append(MemorySample(time.monotonic(), done, rss, anon, filed))
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -399,7 +491,7 @@ def run_load(
     return result
 
 
-def markdown(r: LoadResult, command: str) -> str:
+def markdown(r: LoadResult, command: str, bin_size: int = 50) -> str:
     slope = r.rss_slope()
     lines = [
         f"Command: `{command}`; load average at the end {r.loadavg[0]:.2f} / "
@@ -424,6 +516,25 @@ def markdown(r: LoadResult, command: str) -> str:
     ]  # fmt: skip
     if slope is not None:
         lines.append(f"| RSS slope, first vs last {slope[0]} studies | {slope[1]:+.1f} KiB/study |")
+    lsq = {k: r.lsq_slope(k) for k in ("rss_kib", "anon_kib", "file_kib")}
+    if lsq["rss_kib"] is not None:
+        lines.append(
+            "| least-squares slope over the second half: RSS / anonymous / file-backed | "
+            + " / ".join(f"{v:+.1f}" if v is not None else "-" for v in lsq.values())
+            + " KiB/study |"
+        )
+    bins = r.memory_bins(bin_size)
+    if r.memory and len(bins) > 1:
+        lines += [
+            "",
+            "| studies delivered | samples | RSS MiB | anonymous MiB | file-backed MiB |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b.first}-{b.last} | {b.samples} | {b.rss_mib:.1f} | {b.anon_mib:.1f} | "
+            f"{b.file_mib:.1f} |"
+            for b in bins
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -438,6 +549,7 @@ def main() -> None:
     parser.add_argument("--echo-every", type=float, default=0.5)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--bin", type=int, default=50, help="studies per RSS bin")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--timeout", type=float, default=7200, help="hang guard, seconds")
     args = parser.parse_args()
@@ -454,9 +566,14 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(work)], check=False)
     command = ".venv/bin/python bench/load.py " + " ".join(sys.argv[1:])
     if args.json:
-        data = asdict(result) | {"exactly_once": result.exactly_once()}
+        data = asdict(result) | {
+            "exactly_once": result.exactly_once(),
+            "memory_report": result.memory_report(args.bin),
+        }
         args.json.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    print(markdown(result, command) if args.markdown else json.dumps(asdict(result))[:2000])
+    print(
+        markdown(result, command, args.bin) if args.markdown else json.dumps(asdict(result))[:2000]
+    )
     if not result.exactly_once():
         sys.exit(1)
 

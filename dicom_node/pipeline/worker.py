@@ -42,6 +42,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
+from dicom_node import heap
 from dicom_node.errors import NodeError
 from dicom_node.logs import study_key
 from dicom_node.metrics import NodeMetrics
@@ -351,6 +352,9 @@ class InferenceWorker:
                     log.exception("worker.infer_crashed")
             finally:
                 self._current = None
+                # The study's arrays, datasets and figure are freed by now; give their
+                # pages back instead of leaving them resident in some thread's arena.
+                heap.trim()
             if self._abandoned.is_set():
                 return
 
