@@ -124,7 +124,9 @@ class WithholdQuoted(logging.Filter):
 def quiet_pynetdicom() -> None:
     """Keep pynetdicom's logger at INFO (its DEBUG carries UIDs) and identifiers out.
 
-    Also APScheduler's, at WARNING: it names jobs, and ours are named by study UID.
+    APScheduler is only imported to read the job store of an earlier release
+    (:mod:`dicom_node.pipeline.legacy_jobs`); its logger stays at WARNING in case it
+    speaks while doing so.
     """
     from pynetdicom import _config
 
@@ -134,7 +136,6 @@ def quiet_pynetdicom() -> None:
     # UID-bearing; "none" leaves them unbound.
     _config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.INFO)
-    # APScheduler logs job ids ("complete:<digest>": no UIDs since job_key) at INFO and DEBUG.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 

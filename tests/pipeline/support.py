@@ -176,13 +176,17 @@ def start_pacs(
 
 
 def index_url(config: Path) -> str:
-    """The SQLAlchemy URL of a node's index, from its config file (SQLite or PostgreSQL)."""
+    """The SQLAlchemy URL of a node's index, from its config file (SQLite or PostgreSQL);
+    a path that is no YAML file is taken for an SQLite index file itself."""
+    if config.suffix not in (".yaml", ".yml"):
+        return f"sqlite:///{config}"
     target = load_settings(config).index_target()
     return f"sqlite:///{target}" if isinstance(target, Path) else target
 
 
 def index_sql(config: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on a node's index from outside the node (a second connection, as
+    """Run one statement on a node's index (``config``: its config file, or an SQLite index
+    file) from outside the node (a second connection, as
     an admin's tool would): the rows it returns, committed. Empty when the index does not
     exist yet (SQLite: no file; the node is still creating its schema)."""
     url = index_url(config)
@@ -217,7 +221,8 @@ def lose_index(config: Path) -> None:
 
 
 def study_state(config: Path, study_uid: str) -> dict[str, Any] | None:
-    """A study's state, result and deliveries, read from the index by a second connection
+    """A study's state, result and deliveries (``config``: the node's config file, or an
+    SQLite index file), read from the index by a second connection
     (the node in another process owns it; reads cannot disturb it)."""
     rows = index_sql(
         config,
