@@ -361,9 +361,17 @@ class Service:
         from dicom_node.web.studies import ActionRefused
 
         assert self.index is not None
-        if self.worker is None:
+        if not self.settings.inference.enabled:
             raise ActionRefused("inference is off on this node")
-        if self.worker.requeue(study_uid) is None:
+        if self.worker is not None:
+            requeued = self.worker.requeue(study_uid) is not None
+        else:  # role receiver: the shared queue, where a worker process claims it
+            study = self.index.study(study_uid)
+            requeued = study is not None and self.index.set_state(
+                study_uid, "queued", expect=("done", "failed", "skipped"),
+                generation=study.generation,
+            )  # fmt: skip
+        if not requeued:
             study = self.index.study(study_uid)
             state = study.state if study is not None else "gone"
             raise ActionRefused(f"study is {state}, not finished")

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import torch
 import yaml
-from nodes import write_config
-from pipeline.support import make_checkpoint
+from nodes import storescu, wait_for, write_config
+from pipeline.support import make_checkpoint, phantom
 from typer.testing import CliRunner
 
 from dicom_node.cli import app
@@ -135,3 +135,20 @@ def test_serve_refuses_an_unknown_role() -> None:
     result = CliRunner().invoke(app, ["serve", "--role", "boss"])
     assert result.exit_code != 0
     assert "boss" in result.output
+
+
+def test_reprocess_on_a_receiver_queues_the_study_for_the_workers(
+    tmp_path: Path, postgres_url: str, checkpoint: Path, services: list[Service]
+) -> None:
+    receiver = start(services, role_config(tmp_path / "recv", postgres_url, "receiver", checkpoint))
+    worker = start(services, role_config(tmp_path / "work", postgres_url, "worker", checkpoint))
+    study = phantom(tmp_path / "src", seed=5, n_slices=10)
+    assert storescu(receiver.port, study.main.files).returncode == 0
+    assert receiver.index is not None
+    index = receiver.index
+    wait_for(lambda: (r := index.study(study.study_uid)) is not None and r.state == "done",
+             120, "the worker to finish the study")  # fmt: skip
+    assert receiver.reprocess(study.study_uid) == "queued for inference"
+    assert worker.worker is not None
+    wait_for(lambda: worker.worker is not None and worker.worker.processed == 2, 120,
+             "the worker to process it again")  # fmt: skip
