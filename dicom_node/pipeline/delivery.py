@@ -279,7 +279,7 @@ class Deliverer:
     ) -> None:
         self.index.set_delivery(
             row.study_uid, row.destination, row.generation, state, attempts, error,
-            next_attempt=due,
+            next_attempt=due, same_generation=True,  # a newer result's row stays as it is
         )  # fmt: skip
         if self.results_dir is not None:
             # a sent result stays sent even if the index is lost (reindex reads it back)

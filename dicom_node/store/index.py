@@ -814,17 +814,25 @@ class Index:
         attempts: int,
         last_error: str | None,
         next_attempt: float | None = None,
+        *,
+        same_generation: bool = False,
     ) -> None:
-        """Write a delivery's row; ``next_attempt`` is kept only while it is pending."""
+        """Write a delivery's row; ``next_attempt`` is kept only while it is pending.
+
+        ``same_generation``: an attempt's outcome, written only while the row is still of
+        ``generation``. A newer result may have replaced the row (a new generation,
+        pending) while the attempt ran; its outcome must not overwrite that one.
+        """
         due = next_attempt if state == "pending" else None
         with self._tx() as conn:
             self._put_delivery(conn, study_uid, destination, generation, state, attempts,
-                               last_error, time.time(), due)  # fmt: skip
+                               last_error, time.time(), due,
+                               only_generation=generation if same_generation else None)  # fmt: skip
 
     def _put_delivery(
         self, conn: sa.Connection, study_uid: str, destination: str, generation: int,
         state: str, attempts: int, last_error: str | None, updated: float,
-        next_attempt: float | None,
+        next_attempt: float | None, only_generation: int | None = None,
     ) -> None:  # fmt: skip
         stmt = insert(self.dialect, deliveries).values(
             study_uid=study_uid, destination=destination, generation=generation, state=state,
@@ -836,6 +844,11 @@ class Index:
             stmt.on_conflict_do_update(
                 index_elements=[deliveries.c.study_uid, deliveries.c.destination],
                 set_={k: stmt.excluded[k] for k in keep},
+                where=(
+                    deliveries.c.generation == only_generation
+                    if only_generation is not None
+                    else None
+                ),
             )
         )
 

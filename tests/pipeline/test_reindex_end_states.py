@@ -46,8 +46,9 @@ def test_reindex_restores_skipped_and_failed_with_their_reason(
     }
     assert before[chest.study_uid].state == "skipped"
     assert before[broken.study_uid].state == "failed"
-    for uid in before:
-        assert study_marker.marker_path(root / "results", uid).is_file()
+    for uid in before:  # written just after the end state (the index first)
+        wait_for(lambda u=uid: study_marker.marker_path(root / "results", u).is_file(), 30,
+                 "the study's marker")  # fmt: skip
     markers = "".join(study_marker.marker_path(root / "results", u).read_text() for u in before)
     for secret in (SENTINEL_NAME, SENTINEL_ID):  # UIDs and reasons, no patient data
         assert secret not in markers
