@@ -9,9 +9,9 @@ from __future__ import annotations
 import gc
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,7 @@ from models.errors import ModelsError
 from models.labels import LABELS
 
 if TYPE_CHECKING:
+    from dicom_node.store.index import Index
     from dicom_node.store.series_outcome import SeriesOutcome
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ICH triage DICOM node.")
@@ -40,6 +41,26 @@ def _settings(config: Path | None) -> Settings:
     except NodeError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+T = TypeVar("T")
+
+
+def _read_index(config: Path | None, read: Callable[[Index], list[T]]) -> list[T]:
+    """Open the configured index, ``read`` it and close it (also when the read fails);
+    an index error is printed and exits 1: what ``studies`` and ``workers`` share."""
+    from dicom_node.store.index import Index  # imported late: the CLI starts without it
+
+    settings = _settings(config)
+    try:
+        index = Index(settings.index_target())
+        try:
+            return read(index)
+        finally:
+            index.close()
+    except NodeError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 def _series_table(title: str, outcomes: Sequence[SeriesOutcome]) -> Table:
@@ -202,16 +223,9 @@ def studies(
     state: Annotated[list[str] | None, typer.Option(help="only these states")] = None,
 ) -> None:
     """List the studies in the index with state, counts, times and reasons."""
-    from dicom_node.store.index import Index, iso
+    from dicom_node.store.index import iso
 
-    settings = _settings(config)
-    try:
-        index = Index(settings.index_target())
-        rows = index.studies(tuple(state or ()))
-        index.close()
-    except NodeError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    rows = _read_index(config, lambda index: index.studies(tuple(state or ())))
     if as_json:
         sys.stdout.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
         return
@@ -242,16 +256,9 @@ def workers(
 ) -> None:
     """The receivers and workers registered in the index: role, host, device, model, load
     and last heartbeat (several processes share one PostgreSQL index: docs/scale-out.md)."""
-    from dicom_node.store.index import Index, iso
+    from dicom_node.store.index import iso
 
-    settings = _settings(config)
-    try:
-        index = Index(settings.index_target())
-        rows = index.workers()
-        index.close()
-    except NodeError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    rows = _read_index(config, lambda index: index.workers())
     if as_json:
         sys.stdout.write(json.dumps([w.to_json() for w in rows], indent=2) + "\n")
         return
