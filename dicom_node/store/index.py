@@ -93,6 +93,7 @@ from dicom_node.store.index_schema import (
     studies,
     workers,
 )
+from dicom_node.store.pg_record import PgRecordPath
 from dicom_node.store.private import private_db_file, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
 
@@ -235,6 +236,9 @@ class Index:
             self._raw_con = raw
         else:
             self._engine = self._open_postgresql(url, create)
+            #: The C-STORE path's two statements, one round trip each (see
+            #: :mod:`dicom_node.store.pg_record`).
+            self._pg_path = PgRecordPath(url, self._where)
 
     # -- opening ----------------------------------------------------------------------
 
@@ -339,6 +343,8 @@ class Index:
                 self._conn.close()
                 self._conn = None
             self._engine.dispose()
+            if self.dialect == "postgresql":
+                self._pg_path.close()
 
     # -- transactions -----------------------------------------------------------------
 
@@ -427,8 +433,7 @@ class Index:
                     return self._raw("has_instance", {"sop": sop_uid})[1] is not None
             except sqlite3.Error as exc:
                 raise IndexDBError(f"cannot read the index {self._where}: {exc}") from exc
-        with self._read() as conn:
-            return CoreRunner(self._stmts, conn)("has_instance", {"sop": sop_uid})[1] is not None
+        return self._pg_path.has_instance(sop_uid)
 
     def record(self, row: InstanceRow) -> Recorded:
         """Add one stored instance; a duplicate SOP Instance UID changes nothing.
@@ -441,6 +446,10 @@ class Index:
         """
         if self.dialect == "sqlite":
             return self._record_sqlite(row)
+        fast = self._pg_path.record_receiving(row)
+        if fast is not None:
+            generation, inserted = fast
+            return Recorded(inserted, False, False, generation)
         try:
             with self._tx("record an instance in") as conn:
                 return record_instance(CoreRunner(self._stmts, conn), row)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from pg import running_postgres
 
 from dicom_node.store import index as index_module
@@ -28,6 +29,7 @@ from dicom_node.store.index import (
     open_checked,
     set_aside_if_damaged,
 )
+from dicom_node.store.index_schema import instances
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -98,9 +100,20 @@ def test_duplicates_reopen_and_delete(index: Index) -> None:
     assert (late.inserted, late.reopened, late.generation) == (True, True, 2)
     dup_after = index.record(_row("1.2.1.2"))
     assert (dup_after.inserted, dup_after.generation) == (False, 2)
+    more = index.record(_row("1.2.1.3", series="1.2.3", t=250.0))  # receiving again
+    assert (more.inserted, more.new_study, more.reopened) == (True, False, False)
+    assert more.generation == 2
+    with index._read() as conn:  # the generation each instance row was written with
+        gens = conn.execute(sa.select(instances.c.sop_uid, instances.c.generation)).all()
+    assert sorted(tuple(r) for r in gens) == [("1.2.1.1", 1), ("1.2.1.2", 2), ("1.2.1.3", 2)]
+    reopened = index.study("1.2")
+    assert reopened is not None
+    assert (reopened.series, reopened.last_received) == (3, 250.0)
     assert index.sop_classes("1.2") == [CT]
-    assert index.known_paths() == {"1.2/1.2.1/1.2.1.1.dcm", "1.2/1.2.2/1.2.1.2.dcm"}
-    assert index.total_size() == 20
+    assert index.known_paths() == {
+        "1.2/1.2.1/1.2.1.1.dcm", "1.2/1.2.2/1.2.1.2.dcm", "1.2/1.2.3/1.2.1.3.dcm",
+    }  # fmt: skip
+    assert index.total_size() == 30
     assert index.study_uids() == ["1.2"]
     index.add_audit("1.2", "dr.house", "reprocess", "queued")
     index.set_delivery("1.2", "pacs", 2, "pending", 1, "refused", next_attempt=300.0)
@@ -435,4 +448,27 @@ def test_postgresql_down_means_index_errors_and_it_recovers() -> None:
         study = idx.study("4")
         assert study is not None
         assert study.instances == 2
+        idx.close()
+
+
+def test_a_restarted_server_costs_no_c_store_an_error() -> None:
+    """The C-STORE path's pool has no pre-ping: after a restart its connections are
+    stale, and the first use of each fails. That failure must not reach a sender (it
+    would be answered 0xA700 for nothing): the pool is emptied and the statement runs
+    again on a new connection."""
+    with running_postgres() as server:
+        idx = Index(server.database())
+        for n in range(3):
+            assert idx.record(_row(f"5.1.{n}", study="5")).inserted
+        assert idx.has_instance("5.1.0")
+        server.stop("fast")
+        server.start()
+        assert idx.has_instance("5.1.2")
+        server.stop("fast")
+        server.start()
+        rec = idx.record(_row("5.1.3", study="5", t=150.0))
+        assert (rec.inserted, rec.new_study, rec.generation) == (True, False, 1)
+        study = idx.study("5")
+        assert study is not None
+        assert (study.instances, study.last_received) == (4, 150.0)
         idx.close()
