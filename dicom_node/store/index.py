@@ -282,7 +282,7 @@ class Index:
             url,
             pool_pre_ping=True,
             pool_size=5,
-            max_overflow=20,
+            max_overflow=10,  # docs/scale-out.md counts the connections
             isolation_level="READ COMMITTED",
             hide_parameters=True,
             connect_args={"connect_timeout": 10, "application_name": "dicom-node"},

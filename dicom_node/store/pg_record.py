@@ -43,7 +43,7 @@ class PgRecordPath:
         self._engine = sa.create_engine(
             url,
             pool_size=5,
-            max_overflow=20,
+            max_overflow=10,  # docs/scale-out.md counts the connections
             pool_pre_ping=False,
             pool_reset_on_return=None,  # autocommit: no transaction to end
             isolation_level="AUTOCOMMIT",

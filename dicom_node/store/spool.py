@@ -45,7 +45,7 @@ from pydicom.uid import (
 )
 
 from dicom_node.errors import NodeError
-from dicom_node.store.index import Index, InstanceRow, Recorded
+from dicom_node.store.index import Index, IndexDBError, InstanceRow, Recorded
 from dicom_node.store.journal import Journal, make_folders, recover, write_file
 from dicom_node.store.private import private_dir
 from dicom_node.store.uid_scan import (
@@ -361,6 +361,11 @@ class Stored:
 #: store in progress elsewhere (an instance of a GB at a slow link's pace), not a leftover.
 SHARED_TMP_STALE_S: Final = 3600.0
 
+#: On a shared spool, how old this receiver's figure of the spool's size may grow before
+#: ``max_spool_gb`` is checked against the index's sum again: the other receivers' stores
+#: and every process's retention change it too.
+SHARED_SIZE_REFRESH_S: Final = 5.0
+
 
 class Spool:
     """Files under ``root`` and their index rows; safe to call from many threads."""
@@ -368,7 +373,7 @@ class Spool:
     def __init__(
         self, root: Path, index: Index, *, min_free_mb: float = 1024, max_spool_gb: float = 100,
         journal_segment_mb: float | None = None, journal_checkpoint_s: float = 2.0,
-        shared: bool = False,
+        shared: bool = False, size_refresh_s: float = SHARED_SIZE_REFRESH_S,
     ) -> None:  # fmt: skip
         self.root = root
         self.index = index
@@ -380,6 +385,8 @@ class Spool:
         private_dir(root)
         self._size_lock = threading.Lock()
         self._size = index.total_size()
+        self._size_read = time.monotonic()
+        self._size_refresh_s = size_refresh_s
         self.guard = DiskEpisode()
         # A crash may have left acknowledged instances only in the journal: replay them
         # before anything else looks at the files (reconcile, reindex, the SCP).
@@ -398,7 +405,16 @@ class Spool:
 
     @property
     def size(self) -> int:
-        """Bytes of all indexed instances."""
+        """Bytes of all indexed instances: this process's running count, which on a shared
+        spool is read again from the index every ``size_refresh_s`` (the count of one
+        receiver misses the others' stores and retention)."""
+        if self.shared and time.monotonic() - self._size_read >= self._size_refresh_s:
+            try:
+                total = self.index.total_size()
+            except IndexDBError:
+                return self._size  # the store that follows will say the index is away
+            with self._size_lock:
+                self._size, self._size_read = total, time.monotonic()
         return self._size
 
     def path_of(self, ref: InstanceRef) -> Path:
@@ -413,9 +429,10 @@ class Spool:
                 "free_disk", free_mb=free // MIB, min_free_mb=self.min_free_bytes // MIB
             )
             raise SpoolFull("free disk below storage.min_free_disk_mb")
-        if self._size + incoming > self.max_spool_bytes:
+        size = self.size
+        if size + incoming > self.max_spool_bytes:
             self.guard.refused(
-                "spool_full", spool_mb=self._size // MIB,
+                "spool_full", spool_mb=size // MIB,
                 max_spool_mb=self.max_spool_bytes // MIB,
             )  # fmt: skip
             raise SpoolFull("spool above storage.max_spool_gb")
