@@ -96,6 +96,7 @@ from dicom_node.store.index_schema import (
 from dicom_node.store.pg_record import PgRecordPath
 from dicom_node.store.private import private_db_file, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
+from dicom_node.store.study_listing import StudyListing
 
 
 class _NoSchemaError(IndexDamagedError):
@@ -165,26 +166,25 @@ _S = studies.c
 _I = instances.c
 
 
+#: A study row's own columns, in :func:`_study_row`'s order less the four counts
+#: (which go after ``generation``); :mod:`dicom_node.store.study_counts` reads the first six.
+_STUDY_COLUMNS: Final = (
+    _S.study_uid, _S.state, _S.reason, _S.generation, _S.first_received, _S.last_received,
+    _S.state_changed, _S.completed_at, _S.findings, _S.series_choice, _S.claimed_by,
+    _S.lease_until,
+)  # fmt: skip
+
+
 def _study_select() -> sa.Select[Any]:
     i = instances.c
     return (
         sa.select(
-            _S.study_uid,
-            _S.state,
-            _S.reason,
-            _S.generation,
+            *_STUDY_COLUMNS[:4],
             sa.func.count(i.sop_uid),
             sa.func.coalesce(sa.func.sum(i.eligible), 0),
             sa.func.count(sa.distinct(i.series_uid)),
             sa.func.coalesce(sa.func.sum(i.size), 0),
-            _S.first_received,
-            _S.last_received,
-            _S.state_changed,
-            _S.completed_at,
-            _S.findings,
-            _S.series_choice,
-            _S.claimed_by,
-            _S.lease_until,
+            *_STUDY_COLUMNS[4:],
         )
         .select_from(studies.outerjoin(instances, i.study_uid == _S.study_uid))
         .group_by(_S.study_uid)
@@ -225,6 +225,9 @@ class Index:
         self._reader: sa.Connection | None = None
         self._reader_engine: sa.Engine | None = None
         self._stmts = RecordStatements(self.dialect)
+        #: What the worklist's polls keep: counts aggregated again only where they can
+        #: change, rows built again only where they did.
+        self._listing: StudyListing[StudyRow] = StudyListing()
         if path is not None:
             self._engine = self._open_sqlite(path, create)
             assert self._conn is not None
@@ -913,12 +916,14 @@ class Index:
     def browse(self, states: Sequence[str] = ()) -> list[StudyRow]:
         """:meth:`studies` on the monitoring connection, for the worklist's polls.
 
-        Its aggregate over every instance takes a while on a large index (0.6 s for 10,000
-        studies of 300 images, BENCHMARKS.md); on SQLite's writer connection it would hold
-        the lock every C-STORE commit waits for, on the monitoring one WAL lets both run.
+        A listing reads every study row; on SQLite's writer connection it would hold the
+        lock every C-STORE commit waits for, on the monitoring one WAL lets both run. The
+        counts of studies that are not receiving are kept between polls
+        (:mod:`dicom_node.store.study_counts`): aggregating every instance of 10,000
+        studies of 300 images took 0.8 s a poll (BENCHMARKS.md, Worklist reads).
         """
         with self._monitor() as conn:
-            return _studies_on(conn, states)
+            return _studies_on(conn, states, self._listing)
 
     def total_size(self) -> int:
         with self._read() as conn:
@@ -958,18 +963,35 @@ def _detail(exc: sa.exc.SQLAlchemyError) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _studies_on(conn: sa.Connection, states: Sequence[str]) -> list[StudyRow]:
-    stmt = _study_select().order_by(_S.first_received, _S.study_uid)
-    if states:
-        stmt = stmt.where(_S.state.in_(states))
-    rows = conn.execute(stmt).all()
-    by_study: dict[str, list[DeliveryRow]] = {}
+def _studies_on(
+    conn: sa.Connection, states: Sequence[str], listing: StudyListing[StudyRow] | None = None
+) -> list[StudyRow]:
+    """The studies (of ``states``, or all), oldest first, with their deliveries; their
+    counts aggregated over all their instances, or kept by ``listing`` (the worklist's)."""
+    if listing is None:
+        stmt = _study_select().order_by(_S.first_received, _S.study_uid)
+        if states:
+            stmt = stmt.where(_S.state.in_(states))
+        rows: Sequence[Sequence[Any]] = conn.execute(stmt).all()
+    else:
+        plain = sa.select(*_STUDY_COLUMNS).order_by(_S.first_received, _S.study_uid)
+        if states:
+            plain = plain.where(_S.state.in_(states))
+        found = [tuple(r) for r in conn.execute(plain)]
+        known = listing.counts(conn, found, every_study=not states)
+        rows = [(*r[:4], *known[r[0]], *r[4:]) for r in found]
+    by_study: dict[str, list[tuple[Any, ...]]] = {}
     if rows:
         for r in conn.execute(
             sa.select(*_DELIVERY_COLUMNS).order_by(deliveries.c.study_uid, deliveries.c.destination)
         ):
-            by_study.setdefault(r[0], []).append(_delivery_row(r))
-    return [_study_row(r, by_study.get(r[0], ())) for r in rows]
+            by_study.setdefault(r[0], []).append(tuple(r))
+    if listing is None:
+        return [_study_row(r, [_delivery_row(d) for d in by_study.get(r[0], ())]) for r in rows]
+    raw = [(*r, tuple(by_study.get(r[0], ()))) for r in rows]
+    return listing.rows(
+        raw, lambda r: _study_row(r, [_delivery_row(d) for d in r[-1]]), every_study=not states
+    )
 
 
 def _delivery_row(r: Sequence[Any]) -> DeliveryRow:

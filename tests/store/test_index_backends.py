@@ -472,3 +472,42 @@ def test_a_restarted_server_costs_no_c_store_an_error() -> None:
         assert study is not None
         assert (study.instances, study.last_received) == (4, 150.0)
         idx.close()
+
+
+def test_the_worklist_listing_keeps_counts_only_while_they_cannot_change(index: Index) -> None:
+    """``browse`` aggregates a study's instances again while it is receiving and whenever
+    its row changed (reopened, deleted and received again); otherwise it keeps them."""
+
+    def listed(states: tuple[str, ...] = ()) -> dict[str, tuple[int, int, int, int, str]]:
+        return {
+            r.study_uid: (r.instances, r.eligible_instances, r.series, r.size, r.state)
+            for r in index.browse(states)
+        }
+
+    index.record(_row("7.1.1", study="7", series="7.1", t=100.0))
+    index.record(_row("7.1.2", study="7", series="7.2", t=101.0))
+    assert listed() == {"7": (2, 2, 2, 20, "receiving")}
+    index.record(_row("7.1.3", study="7", series="7.2", t=102.0))
+    assert listed() == {"7": (3, 3, 2, 30, "receiving")}  # receiving: read again
+    assert index.finish_receiving("7", 1, 102.0, "complete")
+    assert listed() == {"7": (3, 3, 2, 30, "complete")}
+    index.set_delivery("7", "pacs", 1, "pending", 0, None)  # a row kept is built again
+    assert [(d.destination, d.state) for d in index.browse()[0].deliveries] == [("pacs", "pending")]
+    index.set_delivery("7", "pacs", 1, "sent", 1, None)
+    assert [(d.destination, d.state) for d in index.browse()[0].deliveries] == [("pacs", "sent")]
+    with index._read() as conn:  # behind the index's back: a complete study is kept
+        conn.execute(sa.delete(instances).where(instances.c.sop_uid == "7.1.3"))
+    assert listed() == {"7": (3, 3, 2, 30, "complete")}
+    assert [(r.instances, r.size) for r in index.studies()] == [(2, 20)]  # not cached
+    late = index.record(_row("7.1.4", study="7", series="7.3", t=200.0))
+    assert late.reopened
+    assert listed() == {"7": (3, 3, 3, 30, "receiving")}
+    assert index.finish_receiving("7", 2, 200.0, "complete")
+    assert listed(("complete",)) == {"7": (3, 3, 3, 30, "complete")}
+    assert listed() == {"7": (3, 3, 3, 30, "complete")}
+    index.delete_study("7")  # retention; then received again, with no poll between
+    index.record(_row("7.1.9", study="7", series="7.9", t=300.0))
+    assert index.finish_receiving("7", 1, 300.0, "complete")
+    assert listed() == {"7": (1, 1, 1, 10, "complete")}
+    index.delete_study("7")
+    assert listed() == {}
