@@ -29,7 +29,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -113,12 +113,9 @@ class PacsChannel:
         return any(kind in files for kind in self.dest.send)
 
     def send(self, study_uid: str, result: dict[str, Any]) -> float:
-        files = [Path(result["files"][k]) for k in self.dest.send if k in result["files"]]
-        if any(not p.is_file() for p in files):
-            raise PermanentError("result files are missing")
         res = send(
             self.dest,
-            files,
+            _result_files(self.dest.send, result),
             calling_ae_title=self.settings.calling_ae_title,
             timeouts=self.settings.timeouts,
             ssl_context=self.settings.tls.get(self.dest.name),
@@ -138,10 +135,16 @@ class DicomwebChannel:
         return any(kind in files for kind in self.dest.send)
 
     def send(self, study_uid: str, result: dict[str, Any]) -> float:
-        files = [Path(result["files"][k]) for k in self.dest.send if k in result["files"]]
-        if any(not p.is_file() for p in files):
-            raise PermanentError("result files are missing")
-        return store(self.dest, files)
+        return store(self.dest, _result_files(self.dest.send, result))
+
+
+def _result_files(kinds: Sequence[str], result: dict[str, Any]) -> list[Path]:
+    """The result's files of ``kinds`` (``sr``, ``sc``) that a destination takes; all of
+    them must still be there (retention may have removed them: nothing to retry for)."""
+    files = [Path(result["files"][k]) for k in kinds if k in result["files"]]
+    if any(not p.is_file() for p in files):
+        raise PermanentError("result files are missing")
+    return files
 
 
 def destination_channel(
