@@ -481,26 +481,17 @@ def main() -> None:
         "--ab-repo", type=Path, action="append", default=[],
         help="also run a node from this checkout (e.g. a git worktree of an older commit)",
     )  # fmt: skip
-    ap.add_argument(
-        "--ab-journal", action="store_true",
-        help="also run the node with its write-ahead journal (storage.journal_segment_mb: 64)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-engine", action="store_true",
-        help="also run the node on pynetdicom's server (node.engine: pynetdicom)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-tls", action="store_true",
-        help="also run the node and storescp over DICOM TLS (mutual, storescu +tls)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-scrape", action="store_true",
-        help="also run the node scraped every second (/metrics) and with its web server off",
-    )  # fmt: skip
-    ap.add_argument(
-        "--rotate", action="store_true",
-        help="start each round at the next receiver (default: the same order every round)",
-    )  # fmt: skip
+    switches = {
+        "--ab-journal": "also run the node with its write-ahead journal"
+        " (storage.journal_segment_mb: 64)",
+        "--ab-engine": "also run the node on pynetdicom's server (node.engine: pynetdicom)",
+        "--ab-tls": "also run the node and storescp over DICOM TLS (mutual, storescu +tls)",
+        "--ab-scrape": "also run the node scraped every second (/metrics) and with its web"
+        " server off",
+        "--rotate": "start each round at the next receiver (default: the same order every round)",
+    }
+    for flag, text in switches.items():
+        ap.add_argument(flag, action="store_true", help=text)
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
