@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from nodes import PEER_ENV, wait_for  # noqa: E402
+from nodes import PEER_ENV, terminate, wait_for  # noqa: E402
 from peers import free_port  # noqa: E402
 from pipeline.support import running_orthanc  # noqa: E402
 from reliability.bad_input_support import build_corpus, send_raw, status_text  # noqa: E402
@@ -80,8 +80,7 @@ def main() -> None:
                 )
             version = json.dumps(orthanc.request("GET", "/system").get("Version"))
     finally:
-        scp.terminate()
-        scp.wait(timeout=20)
+        terminate(scp)
     dcmtk_version = subprocess.run(
         [STORESCP, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[0]

@@ -32,13 +32,11 @@ import hmac
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -46,30 +44,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the node as a subprocess, polling, free ports
 
-STORESCU = "/usr/bin/storescu"
+from nodes import ORTHANC, STORESCU, ServeProcess, terminate, wait_for  # noqa: E402
+from nodes import PEER_ENV as ENV  # noqa: E402
+from peers import free_port  # noqa: E402
+
 STORESCP = "/usr/bin/storescp"
-ORTHANC = "/usr/sbin/Orthanc"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 QUIET_S = 1.0
 HASH_KEY = "bench-key"
 STAGES = ("select", "read_preprocess", "inference", "build", "send")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 # -- the PACS --------------------------------------------------------------------------
@@ -131,12 +115,7 @@ class Pacs:
             return any(r.get("Type") == "Instance" for r in json.loads(resp.read()))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
 
 # -- the node --------------------------------------------------------------------------
@@ -183,39 +162,18 @@ def write_config(root: Path, checkpoint: Path, pacs: Pacs, device: str = "cpu") 
     return path
 
 
-class Node:
+class Node(ServeProcess):
+    """``dicom-node serve`` of this checkout (run from the repository root), ready once it
+    listens; :meth:`status_kb` reads its memory from /proc."""
+
     def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._fh = log.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=self._fh,
-            env=ENV,
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("listening on"):
-            raise RuntimeError(f"node did not start: {log.read_text(encoding='utf-8')[-2000:]}")
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
+        super().__init__(config, log, cwd=REPO)
 
     def status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         raise KeyError(key)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._fh.close()
 
 
 def study_row(index_db: Path, uid: str) -> dict[str, Any] | None:

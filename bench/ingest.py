@@ -4,7 +4,8 @@ The same sender for all (dcmtk ``/usr/bin/storescu`` with ``TCP_NODELAY=1``), 50
 instances of 512x512 (five phantom studies of 100 slices, uncompressed, ~0.5 MB each),
 over one association and over four in parallel. Each receiver starts fresh (empty
 storage) for every run; runs interleave receivers so that drift in machine load hits all
-of them alike; the median of ``--repeat`` runs is reported, with min and max.
+of them alike (``--rotate``: each round also starts at the next receiver, so that none is
+always first); the median of ``--repeat`` runs is reported, with min and max.
 
 What each receiver promises before answering Success:
 
@@ -31,7 +32,7 @@ and prints the ratio of each to the plain node (web server on, not scraped).
 Usage::
 
     .venv/bin/python bench/ingest.py [--n 500] [--repeat 3] [--only node ...]
-        [--ab-repo ../old-checkout] [--ab-journal] [--ab-scrape] [--ab-tls]
+        [--ab-repo ../old-checkout] [--ab-journal] [--ab-scrape] [--ab-tls] [--rotate]
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +51,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -152,20 +153,45 @@ class Receiver:
         raise NotImplementedError
 
 
+class ProcessReceiver(Receiver):
+    """A receiver that is one child process: spawned, ready once its DICOM port accepts
+    connections, stopped with SIGTERM."""
+
+    #: seconds :meth:`stop` waits for the process to exit
+    stop_timeout = 30.0
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str], port: int, **popen: Any) -> int:
+        """Start ``argv`` (peers' environment, output discarded unless ``popen`` says
+        otherwise) and return ``port`` once it is open."""
+        options = {"env": ENV, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.proc = subprocess.Popen(argv, **(options | popen))
+        wait_port(port)
+        return port
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(timeout=self.stop_timeout)
+
+
 #: The API token the bench's node accepts (the worklist poll below uses it).
 BENCH_TOKEN = "bench-" + "t" * 40
 #: How often an open worklist page polls ``/api/studies`` (dicom_node.web.pages.POLL_MS).
 WORKLIST_POLL_S = 4.0
 
 
-class OurNode(Receiver):
+class OurNode(ProcessReceiver):
     name, aec = "dicom-node (durable)", "ICHNODE"
+    stop_timeout = 60.0
 
     def __init__(
         self, worker: bool = False, *, repo: Path = REPO, storage: str = "", node: str = "",
         name: str = "", web: bool = True, scrape_s: float = 0.0, tls: Pki | None = None,
     ) -> None:  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self.peak_rss_kb: list[int] = []
         self.work = Path()
         self.worker = worker
@@ -206,11 +232,10 @@ class OurNode(Receiver):
             + "study: {quiet_seconds: 30}\nlogging: {level: WARNING}\n"
             f"inference: {{enabled: {'true' if self.worker else 'false'}}}\n"
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)],
-            cwd=self.repo, stdout=subprocess.DEVNULL, stderr=(work / "node.log").open("wb"),
+        self.spawn(
+            [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)], port,
+            env=None, cwd=self.repo, stderr=(work / "node.log").open("wb"),
         )  # fmt: skip
-        wait_port(port)
         if self.scrape_s > 0:
             wait_port(web_port)
             self._stop_scraping.clear()
@@ -251,18 +276,17 @@ class OurNode(Receiver):
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
                 self.peak_rss_kb.append(int(line.split()[1]))
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        super().stop()
 
     def count(self) -> int:
         return sum(1 for _ in (self.work / "spool").rglob("*.dcm"))
 
 
-class FolderReceiver(Receiver):
+class FolderReceiver(ProcessReceiver):
     """A receiver process that writes each instance as a file into ``<work>/out``."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self.work = Path()
 
     def command(self, port: int, out: Path) -> list[str]:
@@ -272,17 +296,7 @@ class FolderReceiver(Receiver):
         self.work = work
         (work / "out").mkdir()
         port = free_port()
-        self.proc = subprocess.Popen(
-            self.command(port, work / "out"), env=ENV, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_port(port)
-        return port
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        return self.spawn(self.command(port, work / "out"), port)
 
     def count(self) -> int:
         return sum(1 for _ in (self.work / "out").iterdir())
@@ -305,11 +319,12 @@ class StoreSCP(FolderReceiver):
         return [STORESCP, "-aet", "STORESCP", "-od", str(out), *opts, str(port)]
 
 
-class OrthancPeer(Receiver):
+class OrthancPeer(ProcessReceiver):
     name, aec = "Orthanc 1.10", "ORTHANC"
+    stop_timeout = 60.0
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self.http = 0
 
     def start(self, work: Path) -> int:
@@ -321,17 +336,8 @@ class OrthancPeer(Receiver):
             "AuthenticationEnabled": False, "Plugins": [],
         }  # fmt: skip
         (work / "orthanc.json").write_text(json.dumps(cfg))
-        self.proc = subprocess.Popen(
-            [ORTHANC, f"--logfile={work / 'orthanc.log'}", str(work / "orthanc.json")],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_port(port)
-        return port
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+        argv = [ORTHANC, f"--logfile={work / 'orthanc.log'}", str(work / "orthanc.json")]
+        return self.spawn(argv, port)
 
     def count(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/statistics", timeout=10) as r:
@@ -366,14 +372,32 @@ def durable_write_ms(files: list[Path]) -> float:
         return (time.perf_counter() - t0) / len(blobs) * 1e3
 
 
-def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, list[float]]:
+def run(
+    receivers: list[Receiver],
+    files: list[Path],
+    repeat: int,
+    *,
+    rotate: bool = False,
+    durable_floor: bool = True,
+) -> dict[str, list[float]]:
+    """Images/s of each receiver over 1 and 4 associations, ``repeat`` rounds: a dict
+    ``"<name>|<associations>"`` -> one rate per round (``"durable write ms"``: the floor of
+    :func:`durable_write_ms` at the start of each round, unless ``durable_floor`` is off).
+
+    ``rotate``: round ``r`` starts at receiver ``r mod len(receivers)`` (with two, they
+    alternate) so that no receiver always runs first; otherwise the order is the list's.
+    """
     rates: dict[str, list[float]] = {}
+    width = max(len(rx.name) for rx in receivers)
     for rep in range(repeat):
-        ms = durable_write_ms(files)
-        rates.setdefault("durable write ms", []).append(ms)
-        print(f"run {rep + 1} durable write alone: {ms:.3f} ms/image", file=sys.stderr)
+        if durable_floor:
+            ms = durable_write_ms(files)
+            rates.setdefault("durable write ms", []).append(ms)
+            print(f"run {rep + 1} durable write alone: {ms:.3f} ms/image", file=sys.stderr)
+        first = rep % len(receivers) if rotate else 0
+        order = receivers[first:] + receivers[:first]
         for parallel in (1, 4):
-            for rx in receivers:
+            for rx in order:
                 with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-ingest-") as d:
                     port = rx.start(Path(d))
                     try:
@@ -385,9 +409,16 @@ def run(receivers: list[Receiver], files: list[Path], repeat: int) -> dict[str, 
                     raise RuntimeError(f"{rx.name} stored {got} of {len(files)}")
                 rate = len(files) / dt
                 rates.setdefault(f"{rx.name}|{parallel}", []).append(rate)
-                print(f"run {rep + 1} {rx.name:22s} x{parallel}: {rate:7.1f} images/s",
+                print(f"run {rep + 1} {rx.name:{width}s} x{parallel}: {rate:7.1f} images/s",
                       file=sys.stderr)  # fmt: skip
     return rates
+
+
+def ratio(a: list[float], b: list[float]) -> tuple[float, list[float]]:
+    """``a`` against ``b`` (rates of the same rounds): the ratio of their medians and the
+    ratio round by round (3 decimals)."""
+    pairs = [round(x / y, 3) for x, y in zip(a, b, strict=True)]
+    return statistics.median(a) / statistics.median(b), pairs
 
 
 def report(rates: dict[str, list[float]], node: OurNode, n: int, cmd: str) -> str:
@@ -450,22 +481,17 @@ def main() -> None:
         "--ab-repo", type=Path, action="append", default=[],
         help="also run a node from this checkout (e.g. a git worktree of an older commit)",
     )  # fmt: skip
-    ap.add_argument(
-        "--ab-journal", action="store_true",
-        help="also run the node with its write-ahead journal (storage.journal_segment_mb: 64)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-engine", action="store_true",
-        help="also run the node on pynetdicom's server (node.engine: pynetdicom)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-tls", action="store_true",
-        help="also run the node and storescp over DICOM TLS (mutual, storescu +tls)",
-    )  # fmt: skip
-    ap.add_argument(
-        "--ab-scrape", action="store_true",
-        help="also run the node scraped every second (/metrics) and with its web server off",
-    )  # fmt: skip
+    switches = {
+        "--ab-journal": "also run the node with its write-ahead journal"
+        " (storage.journal_segment_mb: 64)",
+        "--ab-engine": "also run the node on pynetdicom's server (node.engine: pynetdicom)",
+        "--ab-tls": "also run the node and storescp over DICOM TLS (mutual, storescu +tls)",
+        "--ab-scrape": "also run the node scraped every second (/metrics) and with its web"
+        " server off",
+        "--rotate": "start each round at the next receiver (default: the same order every round)",
+    }
+    for flag, text in switches.items():
+        ap.add_argument(flag, action="store_true", help=text)
     args = ap.parse_args()
     (REPO / "var").mkdir(exist_ok=True)
     files = make_data(args.data, args.n)
@@ -495,7 +521,7 @@ def main() -> None:
     scraped = OurNode(scrape_s=1.0, name="node, /metrics scraped every 1 s")
     if args.ab_scrape:
         extra += [scraped, OurNode(web=False, name="node, web server off")]
-    rates = run(receivers + extra, files, args.repeat)
+    rates = run(receivers + extra, files, args.repeat, rotate=args.rotate)
     if len(receivers) == 4:
         print(report(rates, node, len(files), "python bench/ingest.py " + " ".join(sys.argv[1:])))
     else:
@@ -513,26 +539,14 @@ def main() -> None:
         if f"{plain}|1" not in rates:
             continue
         for p in (1, 4):
-            pairs = [
-                round(a / b, 3)
-                for a, b in zip(rates[f"{rx.name}|{p}"], rates[f"{plain}|{p}"], strict=True)
-            ]
-            ratio = statistics.median(rates[f"{rx.name}|{p}"]) / statistics.median(
-                rates[f"{plain}|{p}"]
-            )
-            print(f"- x{p}: {rx.name} / {plain} = {ratio:.3f} (run by run {pairs})")
+            r, pairs = ratio(rates[f"{rx.name}|{p}"], rates[f"{plain}|{p}"])
+            print(f"- x{p}: {rx.name} / {plain} = {r:.3f} (run by run {pairs})")
     if args.ab_scrape:
         print(f"- scrapes per run while receiving: {scraped.scrapes}")
         for p in (1, 4):
-            base = statistics.median(rates[f"{OurNode.name}|{p}"])
             for rx in extra[-2:]:
-                pairs = [
-                    round(a / b, 3)
-                    for a, b in zip(rates[f"{rx.name}|{p}"], rates[f"{OurNode.name}|{p}"],
-                                    strict=True)
-                ]  # fmt: skip
-                ratio = statistics.median(rates[f"{rx.name}|{p}"]) / base
-                print(f"- x{p}: {rx.name} / node = {ratio:.3f} (run by run {pairs})")
+                r, pairs = ratio(rates[f"{rx.name}|{p}"], rates[f"{OurNode.name}|{p}"])
+                print(f"- x{p}: {rx.name} / node = {r:.3f} (run by run {pairs})")
 
 
 if __name__ == "__main__":

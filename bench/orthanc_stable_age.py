@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from nodes import ORTHANC, PEER_ENV, make_study
+from nodes import ORTHANC, PEER_ENV, make_study, terminate
 from peers import free_port
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
@@ -86,8 +86,7 @@ def main() -> int:
         }) + "\n")  # fmt: skip
         return 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        terminate(proc)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(1, str(REPO / "tests"))  # the throwaway PostgreSQL server of the tests
 sys.path.insert(2, str(REPO / "bench"))
 
-from ingest import OurNode, make_data, send  # noqa: E402
+from ingest import OurNode, make_data, ratio, run, send  # noqa: E402
 from pg import PostgresServer, running_postgres  # noqa: E402
 
 
@@ -66,26 +66,10 @@ class PgNode(OurNode):
 
 
 def ingest(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, list[float]]:
+    """``ingest.run`` on the SQLite and the PostgreSQL node, alternating which goes first."""
     sqlite_node = OurNode(name="node, SQLite index")
     pg_node = PgNode(server, "node, PostgreSQL index")
-    rates: dict[str, list[float]] = {}
-    for rep in range(repeat):
-        for parallel in (1, 4):
-            for rx in (sqlite_node, pg_node) if rep % 2 == 0 else (pg_node, sqlite_node):
-                with tempfile.TemporaryDirectory(dir=REPO / "var", prefix="bench-scale-") as d:
-                    port = rx.start(Path(d))
-                    try:
-                        dt = send(port, rx.aec, files, parallel)
-                        got = rx.count()
-                    finally:
-                        rx.stop()
-                if got != len(files):
-                    raise RuntimeError(f"{rx.name} stored {got} of {len(files)}")
-                rate = len(files) / dt
-                rates.setdefault(f"{rx.name}|{parallel}", []).append(rate)
-                print(f"run {rep + 1} {rx.name:26s} x{parallel}: {rate:7.1f} images/s",
-                      file=sys.stderr)  # fmt: skip
-    return rates
+    return run([sqlite_node, pg_node], files, repeat, rotate=True, durable_floor=False)
 
 
 def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, list[float]]:
@@ -232,9 +216,9 @@ def main() -> None:
             out["ingest"] = r
             for p in (1, 4):
                 pg, lite = r[f"node, PostgreSQL index|{p}"], r[f"node, SQLite index|{p}"]
-                pairs = [round(a / b, 3) for a, b in zip(pg, lite, strict=True)]
+                pg_lite, pairs = ratio(pg, lite)
                 print(f"- ingest x{p}: SQLite {_med(lite):.0f} images/s, PostgreSQL "
-                      f"{_med(pg):.0f} images/s, PostgreSQL/SQLite {_med(pg) / _med(lite):.3f} "
+                      f"{_med(pg):.0f} images/s, PostgreSQL/SQLite {pg_lite:.3f} "
                       f"(run by run {pairs})")  # fmt: skip
         if "pair" in parts:
             r = two_receivers(files, server, args.repeat)

@@ -18,7 +18,7 @@ import threading
 import time
 
 from net.test_acceptor import RawPeer
-from nodes import PEER_ENV
+from nodes import PEER_ENV, terminate
 from peers import free_port
 
 GUARD_S = 30.0
@@ -92,8 +92,7 @@ def main() -> int:
             )
         return 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        terminate(proc)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,21 @@ class DicomWindowDataset(Dataset[dict[str, Any]]):
         return {"images": images, "labels": labels, "mask": mask}
 
 
+def batches_of(ds: Dataset[dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+    """Batches of 5 studies (shuffled, a new epoch when one ends) for as long as asked."""
+    dl = DataLoader(ds, batch_size=5, shuffle=True, num_workers=workers, drop_last=True)
+    if len(dl) == 0:
+        raise ValueError("fewer than 5 studies: not one batch")
+    while True:
+        yield from dl
+
+
 def loader_rate(ds: Dataset[dict[str, Any]], workers: int, batches: int) -> float:
     """Slices per second delivered by a DataLoader (5 studies x window per batch)."""
-    dl = DataLoader(ds, batch_size=5, shuffle=True, num_workers=workers, drop_last=True)
     n, t0 = 0, None
-    it = iter(dl)
+    it = batches_of(ds, workers)
     for i in range(batches + 1):
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(dl)
-            b = next(it)
+        b = next(it)
         if i == 0:
             t0 = time.perf_counter()  # first batch includes worker start-up
             continue
@@ -94,15 +99,10 @@ def train_rate(ds: Dataset[dict[str, Any]], size: int, workers: int, steps: int)
     model = CNNLSTM(NetworkConfig(backbone="resnet18", lstm_hidden=256))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     w = torch.tensor([2.0, 1, 1, 1, 1, 1])
-    dl = DataLoader(ds, batch_size=5, shuffle=True, num_workers=workers, drop_last=True)
-    it = iter(dl)
+    it = batches_of(ds, workers)
     n, t0 = 0, 0.0
     for i in range(steps + 1):
-        try:
-            b = next(it)
-        except StopIteration:
-            it = iter(dl)
-            b = next(it)
+        b = next(it)
         if i == 1:
             t0, n = time.perf_counter(), 0
         x = to_model_input(b["images"], size)

@@ -55,6 +55,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         time.sleep(0.05)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM ``proc`` and reap it; SIGKILL if it has not exited within ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_tool(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         args, env=PEER_ENV, capture_output=True, text=True, timeout=timeout, check=False
@@ -248,7 +258,7 @@ class ServeProcess:
     started): that line is the readiness signal, no sleep.
     """
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, cwd: Path | None = None) -> None:
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
@@ -256,6 +266,7 @@ class ServeProcess:
             stdout=subprocess.PIPE,
             stderr=self._fh,
             env=PEER_ENV,
+            cwd=cwd,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()  # blocks until listening (or exit)

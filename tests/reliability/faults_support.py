@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodes import PEER_ENV, Orthanc, ServeProcess, wait_for
+from nodes import PEER_ENV, Orthanc, ServeProcess, terminate, wait_for
 from pipeline.support import running_orthanc
 
 STORESCP = "/usr/bin/storescp"
@@ -72,12 +72,7 @@ class Storescp:
         return sorted(p for p in self.out.iterdir() if p.is_file())
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
 
 
 def start_storescp(port: int, out: Path, log: Path, *, aet: str = "PACS") -> Storescp:
