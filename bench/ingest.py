@@ -236,8 +236,9 @@ class OurNode(ProcessReceiver):
             [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(cfg)], port,
             env=None, cwd=self.repo, stderr=(work / "node.log").open("wb"),
         )  # fmt: skip
-        if self.scrape_s > 0:
+        if self.web:  # fully started: the web server's start-up is not in the timed window
             wait_port(web_port)
+        if self.scrape_s > 0:
             self._stop_scraping.clear()
             self._scraper = threading.Thread(target=self._scrape, args=(web_port,))
             self._scraper.start()
