@@ -434,7 +434,8 @@ def test_two_receivers_recording_one_new_study_make_one_study(postgres_url: str)
 def test_postgresql_down_means_index_errors_and_it_recovers() -> None:
     """A server stopped under a running index: every call raises ``IndexDBError`` (the
     C-STORE handler answers 0xA700 on it), and the same ``Index`` works again once the
-    server is back (the pool checks connections before use)."""
+    server is back (the index's pool checks connections before use; the C-STORE path's
+    retries once on a new connection)."""
     with running_postgres() as server:
         idx = Index(server.database())
         assert idx.record(_row("4.1.1", study="4")).inserted
