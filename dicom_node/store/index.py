@@ -32,7 +32,9 @@ are held:
   mode they never wait for, nor delay, that writer.
 * PostgreSQL: a connection pool, READ COMMITTED, no process-wide lock: row locks
   (``SELECT ... FOR UPDATE``, ``SKIP LOCKED`` for claims) and single conditional
-  ``UPDATE`` statements keep concurrent processes correct.
+  ``UPDATE`` statements keep concurrent processes correct. Each C-STORE's
+  :meth:`Index.has_instance` and, while its study is receiving, :meth:`Index.record` are
+  one autocommit statement each on a second pool (:mod:`dicom_node.store.pg_record`).
 
 Every database error surfaces as :class:`IndexDBError` (a C-STORE is then answered Out
 of Resources, never Success).
