@@ -972,28 +972,24 @@ def _studies_on(
     counts aggregated over all their instances, or kept by ``listing`` (the worklist's)."""
     if listing is None:
         stmt = _study_select().order_by(_S.first_received, _S.study_uid)
-        if states:
-            stmt = stmt.where(_S.state.in_(states))
-        rows: Sequence[Sequence[Any]] = conn.execute(stmt).all()
     else:
-        plain = sa.select(*_STUDY_COLUMNS).order_by(_S.first_received, _S.study_uid)
-        if states:
-            plain = plain.where(_S.state.in_(states))
-        found = [tuple(r) for r in conn.execute(plain)]
-        known = listing.counts(conn, found, every_study=not states)
-        rows = [(*r[:4], *known[r[0]], *r[4:]) for r in found]
-    by_study: dict[str, list[tuple[Any, ...]]] = {}
+        stmt = sa.select(*_STUDY_COLUMNS).order_by(_S.first_received, _S.study_uid)
+    if states:
+        stmt = stmt.where(_S.state.in_(states))
+    rows = conn.execute(stmt).all()
+    by_study: dict[str, list[Any]] = {}
     if rows:
         for r in conn.execute(
             sa.select(*_DELIVERY_COLUMNS).order_by(deliveries.c.study_uid, deliveries.c.destination)
         ):
-            by_study.setdefault(r[0], []).append(tuple(r))
+            by_study.setdefault(r[0], []).append(r)
     if listing is None:
         return [_study_row(r, [_delivery_row(d) for d in by_study.get(r[0], ())]) for r in rows]
-    raw = [(*r, tuple(by_study.get(r[0], ()))) for r in rows]
-    return listing.rows(
-        raw, lambda r: _study_row(r, [_delivery_row(d) for d in r[-1]]), every_study=not states
-    )
+
+    def build(r: Sequence[Any], counts: tuple[int, int, int, int], dl: list[Any]) -> StudyRow:
+        return _study_row((*r[:4], *counts, *r[4:]), [_delivery_row(d) for d in dl])
+
+    return listing.rows(conn, rows, by_study, build, every_study=not states)
 
 
 def _delivery_row(r: Sequence[Any]) -> DeliveryRow:

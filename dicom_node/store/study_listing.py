@@ -21,7 +21,7 @@ counts and deliveries read exactly as in the last poll is the same row, so it is
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -38,72 +38,75 @@ _I = instances.c
 RowT = TypeVar("RowT")
 
 
-def _key(row: Sequence[Any]) -> tuple[Any, ...]:
-    """(generation, state, first_received, last_received) of a study row as
-    :meth:`StudyListing.counts` takes it."""
-    return (row[3], row[1], row[4], row[5])
-
-
 class StudyListing(Generic[RowT]):
-    """The counts (:meth:`counts`) and the rows (:meth:`rows`) kept between polls;
-    thread-safe."""
+    """What the polls keep, per study: its columns, counts, deliveries and the row built
+    from them (thread-safe; one poll's work is :meth:`rows`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[str, tuple[tuple[Any, ...], Counts]] = {}
-        self._built: dict[str, tuple[tuple[Any, ...], RowT]] = {}
+        self._kept: dict[str, _Kept[RowT]] = {}
 
     def rows(
         self,
-        raw: Sequence[tuple[Any, ...]],
-        build: Callable[[tuple[Any, ...]], RowT],
+        conn: sa.Connection,
+        found: Sequence[Sequence[Any]],
+        deliveries: Mapping[str, list[Any]],
+        build: Callable[[Sequence[Any], Counts, list[Any]], RowT],
         *,
         every_study: bool,
     ) -> list[RowT]:
-        """``build(r)`` for each of ``raw`` (the study's columns, counts and deliveries,
-        ``r[0]`` its UID), or the row built from an equal ``r`` in the last poll
-        (``every_study`` as for :meth:`counts`)."""
+        """``build(columns, counts, deliveries)`` for each study of ``found`` (its
+        columns: ``study_uid, state, reason, generation, first_received, last_received,
+        ...``), reusing what the last poll kept where it still holds and aggregating the
+        counts on ``conn`` where it does not. ``every_study``: ``found`` is all the index
+        holds, so a study kept and not among them is gone (a listing filtered by state
+        keeps the others)."""
         with self._lock:
-            last = self._built
-        out: list[RowT] = []
-        built: dict[str, tuple[tuple[Any, ...], RowT]] = {}
-        for r in raw:
-            got = last.get(r[0])
-            row = got[1] if got is not None and got[0] == r else build(r)
-            built[r[0]] = (r, row)
-            out.append(row)
+            last = self._kept
+        kept: dict[str, _Kept[RowT]] = {}
+        out: list[RowT | None] = []
+        stale: list[int] = []
+        for r in found:
+            uid = r[0]
+            dl = deliveries.get(uid, [])
+            k = last.get(uid)
+            if k is None or r[1] == "receiving" or not _same_instances(k[0], r):
+                stale.append(len(out))
+                out.append(None)
+            elif k[0] == r and k[2] == dl:
+                kept[uid] = k
+                out.append(k[3])
+            else:
+                row = build(r, k[1], dl)
+                kept[uid] = (r, k[1], dl, row)
+                out.append(row)
+        counts = _aggregate(conn, [found[i][0] for i in stale])
+        for i in stale:
+            r = found[i]
+            c = counts.get(r[0], NONE)
+            dl = deliveries.get(r[0], [])
+            row = build(r, c, dl)
+            out[i] = row
+            if r[1] != "receiving":
+                kept[r[0]] = (r, c, dl, row)
         with self._lock:
-            self._built = built if every_study else {**self._built, **built}
-        return out
+            if not every_study:
+                merged = dict(self._kept)
+                for r in found:
+                    merged.pop(r[0], None)
+                kept = merged | kept
+            self._kept = kept
+        return [row for row in out if row is not None]
 
-    def counts(
-        self, conn: sa.Connection, rows: Sequence[Sequence[Any]], *, every_study: bool
-    ) -> dict[str, Counts]:
-        """Counts for each of ``rows`` (``study_uid, state, reason, generation,
-        first_received, last_received, ...``), read on ``conn`` where not kept.
-        ``every_study``: ``rows`` are all the index holds, so a study kept here and not
-        among them is gone (a listing filtered by state keeps the others)."""
-        with self._lock:
-            kept = dict(self._kept)
-        found: dict[str, Counts] = {}
-        stale: list[str] = []
-        for row in rows:
-            got = kept.get(row[0])
-            if got is not None and got[0] == _key(row) and row[1] != "receiving":
-                found[row[0]] = got[1]
-            else:
-                stale.append(row[0])
-        fresh = dict.fromkeys(stale, NONE) | _aggregate(conn, stale)
-        found.update(fresh)
-        listed = {row[0]: (_key(row), found[row[0]]) for row in rows if row[1] != "receiving"}
-        with self._lock:
-            if every_study:
-                self._kept = listed
-            else:
-                for row in rows:
-                    self._kept.pop(row[0], None)
-                self._kept.update(listed)
-        return found
+
+#: One study as a poll kept it: columns, counts, deliveries, the row built from them.
+_Kept = tuple[Sequence[Any], Counts, list[Any], RowT]
+
+
+def _same_instances(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Two readings of a study row that is not receiving have the same instances when
+    generation, state and first and last receive times agree (see the module docstring)."""
+    return bool(a[3] == b[3] and a[1] == b[1] and a[4] == b[4] and a[5] == b[5])
 
 
 def _aggregate(conn: sa.Connection, study_uids: Iterable[str]) -> dict[str, Counts]:
