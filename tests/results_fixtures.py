@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from nodes import terminate
 from peers import free_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
@@ -112,9 +113,4 @@ def storescp(tmp_path: Path) -> Iterator[Storescp]:
         _wait_port(port, proc)
         yield Storescp(port=port, out_dir=out)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)

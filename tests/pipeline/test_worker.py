@@ -52,11 +52,9 @@ def delivered(study: StudyRow, generation: int | None = None) -> bool:
 
 def test_late_instances_reopen_and_the_new_sr_supersedes_the_old(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     study = phantom(tmp_path / "late", seed=21, n_slices=12)
     files = study.main.files  # inferior to superior
     assert storescu(node.port, files[:11]).returncode == 0
@@ -114,11 +112,9 @@ def _mr_only(out: Path, seed: int) -> Any:
 
 def test_not_eligible_studies_are_skipped_with_a_reason_and_nothing_is_sent(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     chest = phantom(tmp_path / "chest", seed=31, n_slices=10, body_part="CHEST")
     mr_modality = phantom(tmp_path / "mrmod", seed=32, n_slices=10, modality="MR")
     mr_class = _mr_only(tmp_path / "mrclass", seed=33)
@@ -171,11 +167,9 @@ def test_a_site_exclude_rule_skips_the_study_with_the_rule_named(
 
 def test_corrupt_slice_fails_its_study_and_the_node_keeps_serving(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     broken = phantom(tmp_path / "broken", seed=41, n_slices=10)
     victim = broken.main.files[4]
     ds = pydicom.dcmread(victim)
