@@ -12,6 +12,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 import yaml
-from nodes import NODE_AET, SENTINEL_ID, SENTINEL_NAME, Orthanc, wait_for, write_config
+from nodes import NODE_AET, SENTINEL_ID, SENTINEL_NAME, Node, Orthanc, wait_for, write_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import load_settings
+from dicom_node.store.index import StudyRow
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.network import CNNLSTM, NetworkConfig
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
@@ -165,10 +167,15 @@ class RecordingPacs:
         self.server.shutdown()
 
 
-def start_pacs(
-    port: int = 0, *, ae_title: str = PACS_AET, require_calling_aet: list[str] | None = None
-) -> RecordingPacs:
-    """Start a recording Storage SCP on 127.0.0.1:``port`` (0 = any free port).
+def storage_scp(
+    port: int,
+    on_store: Callable[[Event], int],
+    *,
+    ae_title: str = PACS_AET,
+    require_calling_aet: list[str] | None = None,
+) -> ThreadedAssociationServer:
+    """A pynetdicom Storage SCP (every storage SOP class) on 127.0.0.1:``port`` (0 = any
+    free port) that answers each C-STORE with what ``on_store`` returns.
 
     ``start_server`` returns once the socket listens, so no readiness wait is needed.
     """
@@ -176,15 +183,26 @@ def start_pacs(
     ae.supported_contexts = StoragePresentationContexts
     if require_calling_aet is not None:
         ae.require_calling_aet = require_calling_aet
-    holder: list[RecordingPacs] = []
     server = ae.start_server(
-        ("127.0.0.1", port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, lambda e: holder[0].handle_store(e))],
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
-    pacs = RecordingPacs(server)
-    holder.append(pacs)
-    return pacs
+    assert server is not None
+    return server
+
+
+def start_pacs(
+    port: int = 0, *, ae_title: str = PACS_AET, require_calling_aet: list[str] | None = None
+) -> RecordingPacs:
+    """Start a recording Storage SCP on 127.0.0.1:``port`` (0 = any free port)."""
+    holder: list[RecordingPacs] = []
+    server = storage_scp(
+        port,
+        lambda e: holder[0].handle_store(e),
+        ae_title=ae_title,
+        require_calling_aet=require_calling_aet,
+    )
+    holder.append(RecordingPacs(server))
+    return holder[0]
 
 
 def index_url(config: Path | str) -> str:
@@ -316,6 +334,31 @@ def index_rows(config: Path | str) -> list[dict[str, Any]]:
         }
         for r in studies
     ]
+
+
+#: The states a study does not leave by itself.
+FINAL = ("done", "failed", "skipped")
+
+
+def wait_study(
+    node: Node, uid: str, check: Callable[[StudyRow], bool], what: str, timeout: float = 60
+) -> StudyRow:
+    """The study's index row, polled through the node in this process until ``check``."""
+
+    def probe() -> StudyRow | None:
+        s = node.study(uid)
+        return s if s is not None and check(s) else None
+
+    row: StudyRow = wait_for(probe, timeout, what)
+    return row
+
+
+def delivered(study: StudyRow, generation: int | None = None) -> bool:
+    """Whether a delivery of the study (of ``generation``, if given) was sent."""
+    return any(
+        d.state == "sent" and (generation is None or d.generation == generation)
+        for d in study.deliveries
+    )
 
 
 def phi_of(study: WrittenStudy) -> list[str]:

@@ -13,8 +13,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from nodes import SENTINEL_ID, SENTINEL_NAME, Node, storescu
-from pipeline.support import RecordingPacs, assert_no_phi
-from pipeline.test_worker import FINAL, delivered, wait_study
+from pipeline.support import FINAL, RecordingPacs, assert_no_phi, delivered, wait_study
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.store.index import StudyRow

@@ -16,38 +16,21 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import torch
-from nodes import Node, storescu, wait_for
+from nodes import Node, storescu
 from pipeline.support import (
     EXPECTED_PRESENT,
+    FINAL,
     RecordingPacs,
     assert_no_phi,
+    delivered,
     destination,
     phantom,
     study_state,
+    wait_study,
 )
 from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage, SecondaryCaptureImageStorage
 
-from dicom_node.store.index import StudyRow
 from models.labels import LABELS
-
-FINAL = ("done", "failed", "skipped")
-
-
-def wait_study(
-    node: Node, uid: str, check: Callable[[StudyRow], bool], what: str, timeout: float = 60
-) -> StudyRow:
-    def probe() -> StudyRow | None:
-        s = node.study(uid)
-        return s if s is not None and check(s) else None
-
-    return wait_for(probe, timeout, what)  # type: ignore[no-any-return]
-
-
-def delivered(study: StudyRow, generation: int | None = None) -> bool:
-    return any(
-        d.state == "sent" and (generation is None or d.generation == generation)
-        for d in study.deliveries
-    )
 
 
 def test_late_instances_reopen_and_the_new_sr_supersedes_the_old(
