@@ -26,9 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from nodes import PEER_ENV, terminate, wait_for  # noqa: E402
+from nodes import PEER_ENV, running_orthanc, terminate, wait_for  # noqa: E402
 from peers import free_port  # noqa: E402
-from pipeline.support import running_orthanc  # noqa: E402
 from reliability.bad_input_support import build_corpus, send_raw, status_text  # noqa: E402
 
 STORESCP = "/usr/bin/storescp"

@@ -1,15 +1,16 @@
-"""Fixtures for the receive-path tests (net, store, node): phantom studies in every
-transfer syntax, a running node, a real Orthanc. Peers are real programs on free loopback
-ports; readiness is polled.
+"""Fixtures shared by the node's test areas, in one place: phantom studies in every
+transfer syntax, a receive-only node, a random-init checkpoint, recording PACSs and a real
+Orthanc. An area's ``conftest.py`` imports the ones it uses (net, store, node and
+reliability the receive path; pipeline, web and scaleout the checkpoint and the peers).
+Peers are real programs on free loopback ports; readiness is polled.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,16 @@ from nodes import (
     DCMCONV,
     DCMCRLE,
     NODE_AET,
-    ORTHANC,
-    PEER_ENV,
     SENTINEL_ID,
     SENTINEL_NAME,
     Node,
     Orthanc,
     run_tool,
     running_nodes,
+    running_orthanc,
     write_config,
 )
-from peers import free_port
+from pipeline.support import RecordingPacs, random_checkpoint, start_pacs
 from pydicom import dcmread
 from pydicom.uid import (
     JPEG2000,
@@ -116,48 +116,52 @@ def start_node(tmp_path: Path, log_capture: io.StringIO) -> Iterator[Callable[..
         yield start
 
 
-# -- Orthanc -------------------------------------------------------------------------------
+# -- the model and the peers a node sends to ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init resnet18 checkpoint at input size 64 (plumbing, not accuracy)."""
+    return random_checkpoint(tmp_path_factory, input_size=64)
+
+
+@pytest.fixture
+def pacs_factory() -> Iterator[Callable[..., RecordingPacs]]:
+    """Factory: ``pacs_factory(port=0, ae_title="PACS", require_calling_aet=None)``."""
+    servers: list[RecordingPacs] = []
+
+    def start(port: int = 0, **kwargs: Any) -> RecordingPacs:
+        pacs = start_pacs(port, **kwargs)
+        servers.append(pacs)
+        return pacs
+
+    yield start
+    for pacs in servers:
+        pacs.stop()
+
+
+@pytest.fixture
+def pacs(pacs_factory: Callable[..., RecordingPacs]) -> RecordingPacs:
+    """A recording Storage SCP (AE ``PACS``) on a free port, stopped at teardown."""
+    return pacs_factory()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """A real Orthanc (own free ports, TCP_NODELAY=1); the node is added as modality
+    ``ich`` by the test through REST, once the node's port is known."""
+    with running_orthanc(tmp_path / "orthanc") as peer:
+        yield peer
 
 
 @pytest.fixture
 def orthanc_factory(tmp_path: Path) -> Iterator[Callable[[int], Orthanc]]:
-    """Factory: start Orthanc (config written into tmp_path) pointing at a node port."""
-    procs: list[subprocess.Popen[bytes]] = []
+    """Factory: start Orthanc with a node's port configured as modality ``ich`` from the
+    start (its configuration file, not REST); every one stopped at teardown."""
+    with ExitStack() as stack:
 
-    def start(node_port: int) -> Orthanc:
-        root = tmp_path / "orthanc"
-        root.mkdir(exist_ok=True)
-        http_port, dicom_port = free_port(), free_port()
-        config = {
-            "Name": "test-orthanc",
-            "StorageDirectory": str(root / "db"),
-            "IndexDirectory": str(root / "db"),
-            "HttpPort": http_port,
-            "DicomPort": dicom_port,
-            "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomModalities": {"ich": [NODE_AET, "127.0.0.1", node_port]},
-            "DicomScuTimeout": 30,
-            "Plugins": [],
-        }
-        (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
-        proc = subprocess.Popen(
-            [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
-            env=PEER_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        orthanc = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-        orthanc.wait_ready()
-        return orthanc
+        def start(node_port: int) -> Orthanc:
+            modalities = {"DicomModalities": {"ich": [NODE_AET, "127.0.0.1", node_port]}}
+            return stack.enter_context(running_orthanc(tmp_path / "orthanc", settings=modalities))
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        yield start

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from peers import free_port
 from pydicom import dcmread
 
 from dicom_node.config import load_settings
@@ -249,6 +250,58 @@ class Orthanc:
             return True
 
         wait_for(ready, timeout, "Orthanc REST")
+
+
+#: Debian's DICOMweb plugin of Orthanc (package ``orthanc-dicomweb``, ``make debs``).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@contextmanager
+def running_orthanc(
+    root: Path,
+    *,
+    dicomweb: bool = False,
+    http_port: int | None = None,
+    settings: dict[str, Any] | None = None,
+) -> Iterator[Orthanc]:
+    """A real Orthanc on free ports (or ``http_port``), stopped on exit; with
+    ``dicomweb``, its DICOMweb plugin serves STOW-RS at ``/dicom-web/studies``;
+    ``settings`` are further Orthanc configuration keys (they win)."""
+    root.mkdir(exist_ok=True)
+    http_port, dicom_port = http_port or free_port(), free_port()
+    plugins: dict[str, Any] = {"Plugins": []}
+    if dicomweb:
+        assert DICOMWEB_PLUGIN.is_file(), f"{DICOMWEB_PLUGIN} missing: make debs installs it"
+        plugins = {
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+    config = {
+        "Name": "test-orthanc",
+        "StorageDirectory": str(root / "db"),
+        "IndexDirectory": str(root / "db"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomScuTimeout": 30,
+        **plugins,
+        **(settings or {}),
+    }
+    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
+    proc = subprocess.Popen(
+        [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
+        env=PEER_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
+    try:
+        peer.wait_ready()
+        yield peer
+    finally:
+        terminate(proc)
 
 
 class ServeProcess:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from nodes import terminate
 from peers import free_port
+from pipeline.support import storage_scp
 from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from results.results_support import SENTINEL_ID, SENTINEL_NAME, RecordingSCP, Storescp
 
@@ -62,15 +63,12 @@ def start_scp() -> Iterator[Callable[..., RecordingSCP]]:
     def start(
         status: int = 0x0000, ae_title: str = "PACS", require_calling_aet: list[str] | None = None
     ) -> RecordingSCP:
-        ae = AE(ae_title=ae_title)
-        ae.supported_contexts = StoragePresentationContexts
-        if require_calling_aet is not None:
-            ae.require_calling_aet = require_calling_aet
         holder: list[RecordingSCP] = []
-        server = ae.start_server(
-            ("127.0.0.1", 0),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, lambda e: holder[0].handle_store(e))],
+        server = storage_scp(
+            0,
+            lambda e: holder[0].handle_store(e),
+            ae_title=ae_title,
+            require_calling_aet=require_calling_aet,
         )
         servers.append(server)
         scp = RecordingSCP(server=server, status=status)
@@ -112,9 +110,4 @@ def storescp(tmp_path: Path) -> Iterator[Storescp]:
         _wait_port(port, proc)
         yield Storescp(port=port, out_dir=out)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)

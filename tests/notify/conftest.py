@@ -12,32 +12,20 @@ from typing import Any
 import pytest
 from nodes import Node, running_nodes
 from notify.receivers import HttpReceiver, MllpReceiver
-from pipeline.support import THRESHOLDS, pipeline_config
-
-from models.checkpoint import CheckpointMeta, save_checkpoint
-from models.network import CNNLSTM, NetworkConfig
+from pipeline.support import THRESHOLDS, make_checkpoint, pipeline_config
 
 #: ``any`` never present: a random-init sigmoid never reaches 1.0 (pipeline.support).
 NEGATIVE_THRESHOLDS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-
-
-def _checkpoint(path: Path, thresholds: tuple[float, ...]) -> Path:
-    cfg = NetworkConfig(backbone="resnet18", lstm_hidden=16)
-    meta = CheckpointMeta(
-        network=cfg, input_size=64, thresholds=thresholds, trained_on="random-init"
-    )
-    save_checkpoint(path, CNNLSTM(cfg), meta)
-    return path
 
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``positive``: any + epidural always present; ``negative``: nothing ever present."""
     root = tmp_path_factory.mktemp("notify-models")
-    return {
-        "positive": _checkpoint(root / "positive.pt", THRESHOLDS),
-        "negative": _checkpoint(root / "negative.pt", NEGATIVE_THRESHOLDS),
-    }
+    paths = {"positive": root / "positive.pt", "negative": root / "negative.pt"}
+    make_checkpoint(paths["positive"], thresholds=THRESHOLDS)
+    make_checkpoint(paths["negative"], thresholds=NEGATIVE_THRESHOLDS)
+    return paths
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from typing import Any
 
 import pydicom
 from hl7apy.core import Message
-from nodes import SENTINEL_ID, Node, storescu
+from nodes import SENTINEL_ID, Node
+from notify.notify_support import RETRY, ended, send_study
 from notify.receivers import MllpReceiver
-from pipeline.support import assert_no_phi, phantom
-from pipeline.test_worker import wait_study
+from pipeline.support import assert_no_phi
 
 from dicom_node.logs import study_key
 
@@ -27,16 +27,12 @@ def target(receiver: MllpReceiver, **extra: Any) -> dict[str, Any]:
         "sending_facility": "RADIOLOGY",
         "receiving_application": "RIS",
         "receiving_facility": "HOSPITAL",
-        "timeout_s": 5,
-        "retry_base_s": 0.3,
-        "retry_cap_s": 1.0,
-        "max_attempts": 5,
+        **RETRY,
         **extra,
     }
 
 
-def ended(s: Any) -> bool:
-    return any(d.destination == "hl7:ris" and d.state != "pending" for d in s.deliveries)
+ENDED = ended("hl7:ris")
 
 
 def observations(msg: Message) -> list[Any]:
@@ -49,9 +45,7 @@ def test_ae_is_retried_ar_fails_once_and_the_message_carries_the_study(
 ) -> None:
     mllp_receiver.script[:] = ["AE", "AA", "AR"]
     node = start_node({"hl7": [target(mllp_receiver)]})
-    first = phantom(tmp_path / "a", seed=81, n_slices=10)
-    assert storescu(node.port, first.main.files).returncode == 0
-    row = wait_study(node, first.study_uid, ended, "the first HL7 message to end")
+    first, row = send_study(node, tmp_path / "a", 81, ENDED, "the first HL7 message to end")
     (delivery,) = row.deliveries
     assert (delivery.destination, delivery.state, delivery.attempts) == ("hl7:ris", "sent", 2)
 
@@ -99,9 +93,7 @@ def test_ae_is_retried_ar_fails_once_and_the_message_carries_the_study(
     assert subdural.obx_3.to_er7().startswith("ICH-SUBDURAL^")
     assert subdural.obx_5.to_er7() == "N^Absent^HL70136"
 
-    second = phantom(tmp_path / "b", seed=82, n_slices=10)
-    assert storescu(node.port, second.main.files).returncode == 0
-    row = wait_study(node, second.study_uid, ended, "the second HL7 message to end")
+    second, row = send_study(node, tmp_path / "b", 82, ENDED, "the second HL7 message to end")
     (delivery,) = row.deliveries
     assert (delivery.state, delivery.attempts) == ("failed", 1)
     assert delivery.last_error == "HL7 receiver rejected the message (AR)"
@@ -113,9 +105,7 @@ def test_a_negative_study_is_routine(
     tmp_path: Path, start_node: Callable[..., Node], mllp_receiver: MllpReceiver
 ) -> None:
     node = start_node({"hl7": [target(mllp_receiver)]}, model="negative")
-    study = phantom(tmp_path / "a", seed=83, n_slices=10)
-    assert storescu(node.port, study.main.files).returncode == 0
-    row = wait_study(node, study.study_uid, ended, "the HL7 message to end")
+    study, row = send_study(node, tmp_path / "a", 83, ENDED, "the HL7 message to end")
     assert row.deliveries[0].state == "sent"
     ((msg, _),) = mllp_receiver.taken()
     obr = msg.oru_r01_patient_result.oru_r01_order_observation.obr

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from nodes import SENTINEL_ID, SENTINEL_NAME, Node, storescu
+from nodes import SENTINEL_ID, SENTINEL_NAME, Node
+from notify.notify_support import RETRY, ended, send_study
 from notify.receivers import SECRET, HttpReceiver
-from pipeline.support import assert_no_phi, phantom
-from pipeline.test_worker import wait_study
+from pipeline.support import assert_no_phi
 
 from dicom_node.logs import study_key
 
@@ -22,16 +22,12 @@ def hook(receiver: HttpReceiver, **extra: Any) -> dict[str, Any]:
         "name": "ris",
         "url": receiver.url,
         "secret": SECRET,
-        "timeout_s": 5,
-        "retry_base_s": 0.3,
-        "retry_cap_s": 1.0,
-        "max_attempts": 5,
+        **RETRY,
         **extra,
     }
 
 
-def ended(s: Any) -> bool:
-    return any(d.destination == "webhook:ris" and d.state != "pending" for d in s.deliveries)
+ENDED = ended("webhook:ris")
 
 
 def test_500_is_retried_then_delivered_and_400_fails_after_one_attempt(
@@ -39,9 +35,7 @@ def test_500_is_retried_then_delivered_and_400_fails_after_one_attempt(
 ) -> None:
     http_receiver.script[:] = [500, 200, 400]
     node = start_node({"webhooks": [hook(http_receiver)]})
-    first = phantom(tmp_path / "a", seed=71, n_slices=10)
-    assert storescu(node.port, first.main.files).returncode == 0
-    row = wait_study(node, first.study_uid, ended, "the first webhook to end")
+    first, row = send_study(node, tmp_path / "a", 71, ENDED, "the first webhook to end")
     (delivery,) = row.deliveries
     assert (delivery.destination, delivery.state, delivery.attempts) == ("webhook:ris", "sent", 2)
     assert delivery.last_error is None
@@ -73,9 +67,7 @@ def test_500_is_retried_then_delivered_and_400_fails_after_one_attempt(
     for value in (SENTINEL_NAME, SENTINEL_ID, first.study_uid):  # a chat needs none of them
         assert value not in requests[1].body.decode()
 
-    second = phantom(tmp_path / "b", seed=72, n_slices=10)
-    assert storescu(node.port, second.main.files).returncode == 0
-    row = wait_study(node, second.study_uid, ended, "the second webhook to end")
+    second, row = send_study(node, tmp_path / "b", 72, ENDED, "the second webhook to end")
     (delivery,) = row.deliveries
     assert (delivery.state, delivery.attempts, delivery.last_error) == ("failed", 1, "HTTP 400")
     assert [r.status for r in http_receiver.taken()] == [500, 200, 400]
@@ -89,11 +81,10 @@ def test_only_positive_skips_a_negative_study(
         {"webhooks": [hook(http_receiver, only_positive=True), hook(http_receiver, name="all")]},
         model="negative",
     )
-    study = phantom(tmp_path / "a", seed=73, n_slices=10)
-    assert storescu(node.port, study.main.files).returncode == 0
-    row = wait_study(
+    study, row = send_study(
         node,
-        study.study_uid,
+        tmp_path / "a",
+        73,
         lambda s: any(d.state == "sent" for d in s.deliveries),
         "the webhook without only_positive",
     )

@@ -1,7 +1,8 @@
-"""Fixtures for the pipeline tests: a checkpoint, a node with inference on, real PACS peers.
+"""Fixtures for the pipeline tests: a node with inference on, on either index database.
 
-Peers are real programs or real sockets on free loopback ports, started by fixtures that
-poll for readiness: pynetdicom Storage SCPs in this process, Orthanc as a subprocess.
+The checkpoint and the peers (pynetdicom Storage SCPs in this process, Orthanc as a
+subprocess, on free loopback ports, polled for readiness) are the shared ones from
+``node_fixtures``.
 """
 
 from __future__ import annotations
@@ -12,23 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodes import Node, Orthanc, running_nodes
+from node_fixtures import checkpoint, orthanc, pacs, pacs_factory
+from nodes import Node, Orthanc, running_nodes, running_orthanc
 from pg import PostgresServer
-from pipeline.support import (
-    RecordingPacs,
-    make_checkpoint,
-    pipeline_config,
-    running_orthanc,
-    start_pacs,
-)
+from pipeline.support import RecordingPacs, destination, pipeline_config
 
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init resnet18 checkpoint at input size 64 (plumbing, not accuracy)."""
-    path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
+__all__ = ["checkpoint", "orthanc", "pacs", "pacs_factory"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -80,26 +70,19 @@ def start_node(
 
 
 @pytest.fixture
-def pacs_factory() -> Iterator[Callable[..., RecordingPacs]]:
-    """Factory: ``pacs_factory(port=0, ae_title="PACS", require_calling_aet=None)``."""
-    servers: list[RecordingPacs] = []
-
-    def start(port: int = 0, **kwargs: Any) -> RecordingPacs:
-        pacs = start_pacs(port, **kwargs)
-        servers.append(pacs)
-        return pacs
-
-    yield start
-    for pacs in servers:
-        pacs.stop()
+def node(start_node: Callable[..., Node], pacs: RecordingPacs) -> Node:
+    """A node with inference on whose one destination is ``pacs``."""
+    return start_node([destination(pacs.port)])
 
 
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    """A real Orthanc (own free ports, TCP_NODELAY=1); the node is added as modality
-    ``ich`` by the test through REST, once the node's port is known."""
-    with running_orthanc(tmp_path / "orthanc") as peer:
-        yield peer
+@pytest.fixture(params=["sqlite", "postgresql"])
+def timers_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a scheduler keeps its timers, once per database: ``jobs.sqlite`` in
+    ``tmp_path`` (the file an older release kept its APScheduler jobs in), or a PostgreSQL
+    index's fresh database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -8,28 +8,27 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 import sqlalchemy as sa
 import yaml
-from nodes import ORTHANC, PEER_ENV, SENTINEL_ID, SENTINEL_NAME, Orthanc, write_config
-from peers import free_port
+from nodes import NODE_AET, SENTINEL_ID, SENTINEL_NAME, Node, Orthanc, wait_for, write_config
 from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import load_settings
+from dicom_node.store.index import StudyRow
 from models.checkpoint import CheckpointMeta, save_checkpoint
 from models.network import CNNLSTM, NetworkConfig
 from train.data.phantoms import PhantomSpec, WrittenStudy, write_study
@@ -43,17 +42,32 @@ THRESHOLDS = (0.0, 0.0, 1.0, 1.0, 1.0, 1.0)
 EXPECTED_PRESENT = (True, True, False, False, False, False)
 
 
-def make_checkpoint(path: Path, input_size: int = 64, backbone: str = "resnet18") -> str:
-    """A random-init checkpoint (no download, no training); returns its model UID."""
+def make_checkpoint(
+    path: Path,
+    input_size: int = 64,
+    backbone: str = "resnet18",
+    thresholds: tuple[float, ...] = THRESHOLDS,
+) -> str:
+    """A random-init checkpoint (no download, no training); returns its model UID.
+    ``thresholds`` decide what the random network finds (default: ``THRESHOLDS``)."""
     cfg = NetworkConfig(backbone=backbone, lstm_hidden=16)
     meta = save_checkpoint(
         path,
         CNNLSTM(cfg),
         CheckpointMeta(
-            network=cfg, input_size=input_size, thresholds=THRESHOLDS, trained_on="random-init"
+            network=cfg, input_size=input_size, thresholds=thresholds, trained_on="random-init"
         ),
     )
     return meta.model_uid
+
+
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory, input_size: int = 64) -> Path:
+    """:func:`make_checkpoint` in a fresh temporary folder, for a fixture to share: the
+    input size is what the tests tune (64: plumbing; larger: inference slow enough to be
+    caught in the act on CPU)."""
+    path = tmp_path_factory.mktemp(f"model-{input_size}") / f"random-r18-{input_size}.pt"
+    make_checkpoint(path, input_size=input_size)
+    return path
 
 
 def phantom(
@@ -153,10 +167,15 @@ class RecordingPacs:
         self.server.shutdown()
 
 
-def start_pacs(
-    port: int = 0, *, ae_title: str = PACS_AET, require_calling_aet: list[str] | None = None
-) -> RecordingPacs:
-    """Start a recording Storage SCP on 127.0.0.1:``port`` (0 = any free port).
+def storage_scp(
+    port: int,
+    on_store: Callable[[Event], int],
+    *,
+    ae_title: str = PACS_AET,
+    require_calling_aet: list[str] | None = None,
+) -> ThreadedAssociationServer:
+    """A pynetdicom Storage SCP (every storage SOP class) on 127.0.0.1:``port`` (0 = any
+    free port) that answers each C-STORE with what ``on_store`` returns.
 
     ``start_server`` returns once the socket listens, so no readiness wait is needed.
     """
@@ -164,34 +183,58 @@ def start_pacs(
     ae.supported_contexts = StoragePresentationContexts
     if require_calling_aet is not None:
         ae.require_calling_aet = require_calling_aet
-    holder: list[RecordingPacs] = []
     server = ae.start_server(
-        ("127.0.0.1", port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, lambda e: holder[0].handle_store(e))],
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
-    pacs = RecordingPacs(server)
-    holder.append(pacs)
-    return pacs
+    assert server is not None
+    return server
 
 
-def index_url(config: Path) -> str:
+def start_pacs(
+    port: int = 0, *, ae_title: str = PACS_AET, require_calling_aet: list[str] | None = None
+) -> RecordingPacs:
+    """Start a recording Storage SCP on 127.0.0.1:``port`` (0 = any free port)."""
+    holder: list[RecordingPacs] = []
+    server = storage_scp(
+        port,
+        lambda e: holder[0].handle_store(e),
+        ae_title=ae_title,
+        require_calling_aet=require_calling_aet,
+    )
+    holder.append(RecordingPacs(server))
+    return holder[0]
+
+
+def index_url(config: Path | str) -> str:
     """The SQLAlchemy URL of a node's index, from its config file (SQLite or PostgreSQL);
-    a path that is no YAML file is taken for an SQLite index file itself."""
+    a path that is no YAML file is taken for an SQLite index file itself, a string for
+    the URL itself (a cluster's shared PostgreSQL database)."""
+    if isinstance(config, str):
+        return config
     if config.suffix not in (".yaml", ".yml"):
         return f"sqlite:///{config}"
     target = load_settings(config).index_target()
     return f"sqlite:///{target}" if isinstance(target, Path) else target
 
 
-def index_sql(config: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on a node's index (``config``: its config file, or an SQLite index
-    file) from outside the node (a second connection, as
-    an admin's tool would): the rows it returns, committed. Empty when the index does not
-    exist yet (SQLite: no file; the node is still creating its schema)."""
-    url = index_url(config)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return []
+def index_sql(config: Path | str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a node's index (``config``: its config file, an SQLite index
+    file or a database URL, see :func:`index_url`) from outside the node (a second
+    connection, as an admin's tool would): the rows it returns, committed. Empty when the
+    index does not exist yet (SQLite: no file; the node is still creating its schema)."""
+    return _run_sql(index_url(config), sql, params, read_only=False)
+
+
+def _run_sql(
+    url: str, sql: str, params: dict[str, Any], *, read_only: bool
+) -> list[tuple[Any, ...]]:
+    """:func:`index_sql` on ``url``; ``read_only`` opens SQLite with ``mode=ro``."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            return []
+        if read_only:
+            url = f"sqlite:///file:{path}?mode=ro&uri=true"
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as con:
@@ -250,6 +293,74 @@ def study_state(config: Path, study_uid: str) -> dict[str, Any] | None:
     }
 
 
+def index_rows(config: Path | str) -> list[dict[str, Any]]:
+    """Every study of a node's index (``config`` as for :func:`index_sql`) with its state,
+    generation, owner (``claimed_by``: a cluster's worker), result, instance count and
+    deliveries (destination -> state, attempts, generation).
+
+    An SQLite index is opened read-only: the tests that kill the node read it between the
+    kill and the restart, and a reader that could write would merge the dead node's WAL
+    into the database before the restarted node recovers it itself."""
+    url = index_url(config)
+    studies = _run_sql(
+        url,
+        "SELECT s.study_uid, s.state, s.generation, s.claimed_by, s.result, "
+        "COUNT(i.sop_uid) FROM studies s "
+        "LEFT JOIN instances i ON i.study_uid = s.study_uid GROUP BY s.study_uid",
+        {},
+        read_only=True,
+    )
+    deliveries: dict[str, dict[str, dict[str, Any]]] = {}
+    for uid, dest, state, attempts, generation in _run_sql(
+        url,
+        "SELECT study_uid, destination, state, attempts, generation FROM deliveries",
+        {},
+        read_only=True,
+    ):
+        deliveries.setdefault(uid, {})[dest] = {
+            "state": state,
+            "attempts": int(attempts),
+            "generation": int(generation),
+        }
+    return [
+        {
+            "study_uid": r[0],
+            "state": r[1],
+            "generation": int(r[2]),
+            "claimed_by": r[3],
+            "result": json.loads(r[4]) if r[4] else None,
+            "instances": int(r[5]),
+            "deliveries": deliveries.get(r[0], {}),
+        }
+        for r in studies
+    ]
+
+
+#: The states a study does not leave by itself.
+FINAL = ("done", "failed", "skipped")
+
+
+def wait_study(
+    node: Node, uid: str, check: Callable[[StudyRow], bool], what: str, timeout: float = 60
+) -> StudyRow:
+    """The study's index row, polled through the node in this process until ``check``."""
+
+    def probe() -> StudyRow | None:
+        s = node.study(uid)
+        return s if s is not None and check(s) else None
+
+    row: StudyRow = wait_for(probe, timeout, what)
+    return row
+
+
+def delivered(study: StudyRow, generation: int | None = None) -> bool:
+    """Whether a delivery of the study (of ``generation``, if given) was sent."""
+    return any(
+        d.state == "sent" and (generation is None or d.generation == generation)
+        for d in study.deliveries
+    )
+
+
 def phi_of(study: WrittenStudy) -> list[str]:
     """Identifying values of a phantom study that must never reach a log line."""
     ds = pydicom.dcmread(study.main.files[0], stop_before_pixels=True)
@@ -277,58 +388,27 @@ def http_bytes(url: str, timeout: float = 30) -> bytes:
         return bytes(resp.read())
 
 
-#: Debian's DICOMweb plugin of Orthanc (package ``orthanc-dicomweb``, ``make debs``).
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+def orthanc_sends(orthanc: Orthanc, node_port: int, study: WrittenStudy) -> str:
+    """Orthanc as the modality: the node (on ``node_port``) added as modality ``ich``
+    through REST, ``study`` uploaded and pushed to it with C-STORE, synchronously and
+    without a failed instance. Returns Orthanc's ID of the study."""
+    modality = {"AET": NODE_AET, "Host": "127.0.0.1", "Port": node_port}
+    orthanc.request("PUT", "/modalities/ich", json.dumps(modality).encode())
+    ids = [orthanc.upload(f) for f in study.main.files]
+    study_id = str(orthanc.request("GET", f"/instances/{ids[0]}/study")["ID"])
+    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+    answer = orthanc.request("POST", "/modalities/ich/store", body)
+    assert answer["FailedInstancesCount"] == 0, answer
+    return study_id
 
 
-@contextmanager
-def running_orthanc(
-    root: Path,
-    *,
-    dicomweb: bool = False,
-    http_port: int | None = None,
-    settings: dict[str, Any] | None = None,
-) -> Iterator[Orthanc]:
-    """A real Orthanc on free ports (or ``http_port``), stopped on exit; with
-    ``dicomweb``, its DICOMweb plugin serves STOW-RS at ``/dicom-web/studies``;
-    ``settings`` are further Orthanc configuration keys (they win)."""
-    root.mkdir(exist_ok=True)
-    http_port, dicom_port = http_port or free_port(), free_port()
-    plugins: dict[str, Any] = {"Plugins": []}
-    if dicomweb:
-        assert DICOMWEB_PLUGIN.is_file(), f"{DICOMWEB_PLUGIN} missing: make debs installs it"
-        plugins = {
-            "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-    config = {
-        "Name": "pipeline-orthanc",
-        "StorageDirectory": str(root / "db"),
-        "IndexDirectory": str(root / "db"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomScuTimeout": 30,
-        **plugins,
-        **(settings or {}),
-    }
-    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
-    proc = subprocess.Popen(
-        [ORTHANC, f"--logfile={root / 'orthanc.log'}", str(root / "orthanc.json")],
-        env=PEER_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def orthanc_holds(orthanc: Orthanc, study_id: str, count: int, what: str) -> list[Any]:
+    """Orthanc's instances of study ``study_id`` once there are ``count`` (polled)."""
+    held: list[Any] = wait_for(
+        lambda: (
+            len(got := orthanc.request("GET", f"/studies/{study_id}/instances")) == count and got
+        ),
+        90,
+        what,
     )
-    peer = Orthanc(http_port, dicom_port, "ORTHANC", proc)
-    try:
-        peer.wait_ready()
-        yield peer
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return held

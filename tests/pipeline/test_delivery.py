@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 from nodes import Node, storescu, wait_for
 from peers import free_port
-from pipeline.support import RecordingPacs, assert_no_phi, destination, index_sql, phantom
-from pipeline.test_worker import FINAL, wait_study
+from pipeline.support import (
+    FINAL,
+    RecordingPacs,
+    assert_no_phi,
+    destination,
+    index_sql,
+    phantom,
+    wait_study,
+)
 
 from dicom_node.pipeline.delivery import delivery_job_id
 

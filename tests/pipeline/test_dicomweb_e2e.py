@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from nodes import NODE_AET, Node, Orthanc, storescu, wait_for
+from nodes import Node, Orthanc, running_orthanc, storescu, wait_for
 from peers import free_port
-from pipeline.support import assert_no_phi, http_bytes, phantom, running_orthanc
+from pipeline.support import assert_no_phi, http_bytes, orthanc_holds, orthanc_sends, phantom
 from prometheus_client import generate_latest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
@@ -44,21 +44,14 @@ def test_sr_and_sc_arrive_over_stow_rs_and_a_404_fails_permanently(
         ],
         node={"allowed_calling_aets": [orthanc.aet]},
     )
-    modality = {"AET": NODE_AET, "Host": "127.0.0.1", "Port": node.port}
-    orthanc.request("PUT", "/modalities/ich", json.dumps(modality).encode())
     study = phantom(tmp_path / "src", seed=67, n_slices=12, bleeds=("subdural",))
-    ids = [orthanc.upload(f) for f in study.main.files]
-    study_id = orthanc.request("GET", f"/instances/{ids[0]}/study")["ID"]
-    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
-    assert orthanc.request("POST", "/modalities/ich/store", body)["FailedInstancesCount"] == 0
+    study_id = orthanc_sends(orthanc, node.port, study)
 
     n_src = len(study.main.files)
-    held = wait_for(
-        lambda: (
-            len(got := orthanc.request("GET", f"/studies/{study_id}/instances")) == n_src + 2
-            and got
-        ),
-        90,
+    held = orthanc_holds(
+        orthanc,
+        study_id,
+        n_src + 2,
         "Orthanc to hold the SR and the SC (over STOW-RS) in the source study",
     )
     source_sops = set(study.main.sop_uids)

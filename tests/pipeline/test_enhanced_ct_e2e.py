@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 from enhanced_ct_support import legacy_enhanced, true_enhanced
 from nodes import Node, storescu, wait_for
 from peers import dciodvfy_errors
-from pipeline.support import EXPECTED_PRESENT, RecordingPacs, assert_no_phi, destination, phantom
+from pipeline.support import EXPECTED_PRESENT, RecordingPacs, assert_no_phi, phantom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     Comprehensive3DSRStorage,
@@ -154,12 +154,10 @@ def _one(pacs: RecordingPacs, sop_class: str, study_uid: str) -> Dataset:
 
 def test_node_classifies_enhanced_ct_and_its_sr_cites_frames(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
     encodings: dict[str, Any],
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     classic: WrittenStudy = encodings["classic"]
     assert storescu(node.port, classic.main.files).returncode == 0
     # -R: propose the file's own SOP class (dcmtk's default list lacks Legacy Converted).

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-from nodes import NODE_AET, Node, Orthanc, wait_for
+from nodes import Node, Orthanc
 from peers import dciodvfy_errors
-from pipeline.support import EXPECTED_PRESENT, assert_no_phi, destination, http_bytes, phantom
+from pipeline.support import (
+    EXPECTED_PRESENT,
+    assert_no_phi,
+    destination,
+    http_bytes,
+    orthanc_holds,
+    orthanc_sends,
+    phantom,
+)
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from typer.testing import CliRunner
 
@@ -38,23 +46,12 @@ def test_orthanc_study_comes_back_with_sr_and_sc_in_the_same_study(
         [destination(orthanc.dicom_port, ae_title=orthanc.aet)],
         node={"allowed_calling_aets": [orthanc.aet]},
     )
-    modality = {"AET": NODE_AET, "Host": "127.0.0.1", "Port": node.port}
-    orthanc.request("PUT", "/modalities/ich", json.dumps(modality).encode())
     study = phantom(tmp_path / "src", seed=61, n_slices=12, bleeds=("subdural",))
-    ids = [orthanc.upload(f) for f in study.main.files]
-    study_id = orthanc.request("GET", f"/instances/{ids[0]}/study")["ID"]
-    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
-    answer = orthanc.request("POST", "/modalities/ich/store", body)
-    assert answer["FailedInstancesCount"] == 0
+    study_id = orthanc_sends(orthanc, node.port, study)
 
     n_src = len(study.main.files)
-    held = wait_for(
-        lambda: (
-            len(got := orthanc.request("GET", f"/studies/{study_id}/instances")) == n_src + 2
-            and got
-        ),
-        90,
-        "Orthanc to hold the SR and the SC in the source study",
+    held = orthanc_holds(
+        orthanc, study_id, n_src + 2, "Orthanc to hold the SR and the SC in the source study"
     )
     by_sop = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in held}
     source_sops = set(study.main.sop_uids)

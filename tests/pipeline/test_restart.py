@@ -20,9 +20,9 @@ from pipeline.support import (
     RecordingPacs,
     assert_no_phi,
     destination,
-    make_checkpoint,
     phantom,
     pipeline_config,
+    random_checkpoint,
     study_state,
 )
 from typer.testing import CliRunner
@@ -32,21 +32,25 @@ from dicom_node.cli import app
 
 @pytest.fixture(scope="module")
 def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("slow-model") / "random-r18-256.pt"
-    make_checkpoint(path, input_size=256)
-    return path
+    return random_checkpoint(tmp_path_factory, input_size=256)
+
+
+@pytest.fixture
+def cfg(
+    tmp_path: Path,
+    slow_checkpoint: Path,
+    pacs: RecordingPacs,
+    index_for: Callable[[Path], dict[str, Any]],
+) -> Path:
+    """The config file of a node kept in ``tmp_path/site`` that delivers to ``pacs``."""
+    root = tmp_path / "site"
+    root.mkdir()
+    return pipeline_config(root, slow_checkpoint, [destination(pacs.port)], storage=index_for(root))
 
 
 def test_killed_while_processing_resumes_and_delivers_once(
-    tmp_path: Path,
-    slow_checkpoint: Path,
-    pacs_factory: Callable[..., RecordingPacs],
-    index_for: Callable[[Path], dict[str, Any]],
+    tmp_path: Path, cfg: Path, pacs: RecordingPacs
 ) -> None:
-    pacs = pacs_factory()
-    root = tmp_path / "site"
-    root.mkdir()
-    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)], storage=index_for(root))
     log = tmp_path / "serve.log"
     study = phantom(tmp_path / "src", seed=71, n_slices=24, size=128)
 
@@ -103,18 +107,11 @@ def test_killed_while_processing_resumes_and_delivers_once(
 
 
 def test_sigterm_finishes_the_study_in_hand_and_requeues_the_next(
-    tmp_path: Path,
-    slow_checkpoint: Path,
-    pacs_factory: Callable[..., RecordingPacs],
-    index_for: Callable[[Path], dict[str, Any]],
+    tmp_path: Path, cfg: Path, pacs: RecordingPacs
 ) -> None:
     """A clean stop (SIGTERM) while one study is inferred and the next one is prepared:
     the first is finished, the second goes back to ``queued`` (not left ``processing``),
     and after a restart both are delivered once."""
-    pacs = pacs_factory()
-    root = tmp_path / "site"
-    root.mkdir()
-    cfg = pipeline_config(root, slow_checkpoint, [destination(pacs.port)], storage=index_for(root))
     log = tmp_path / "serve.log"
     first = phantom(tmp_path / "a", seed=72, n_slices=24, size=128)
     second = phantom(tmp_path / "b", seed=73, n_slices=24, size=128)

@@ -87,17 +87,11 @@ def _old_store(jobs_db: Path, completion_at: float) -> None:
     con.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Where the new timers live: the old file itself, or a PostgreSQL index's database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
-def rows(target: str) -> Iterator[Any]:
-    store = TimerStore(open_engine(target))
+def rows(timers_url: str) -> Iterator[Any]:
+    """The new timers' rows (``timers_url``: the old file itself, or a PostgreSQL
+    index's database)."""
+    store = TimerStore(open_engine(timers_url))
 
     def read() -> dict[str, Any]:
         with store.engine.begin() as con:
@@ -108,7 +102,7 @@ def rows(target: str) -> Iterator[Any]:
 
 
 def test_every_stored_job_is_imported_and_runs_with_the_new_key(
-    tmp_path: Path, target: str, rows: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, timers_url: str, rows: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs_db = tmp_path / "jobs.sqlite"
     completion_at = time.time() + 3600
@@ -116,7 +110,7 @@ def test_every_stored_job_is_imported_and_runs_with_the_new_key(
     ts.reset()
     # Only deliveries run here: the completion and the sweep are checked as rows.
     sched = StudyScheduler(
-        target, quiet_seconds=60, runtime_key="new-key", kinds=frozenset({"delivery"}),
+        timers_url, quiet_seconds=60, runtime_key="new-key", kinds=frozenset({"delivery"}),
         legacy_jobs_db=jobs_db,
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="dicom_node.pipeline.scheduler"):

@@ -8,14 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 from nodes import SENTINEL_ID, SENTINEL_NAME, Node, storescu
-from pipeline.support import RecordingPacs, assert_no_phi, destination
-from pipeline.test_worker import FINAL, delivered, wait_study
+from pipeline.support import FINAL, RecordingPacs, assert_no_phi, delivered, wait_study
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.store.index import StudyRow
@@ -46,11 +44,9 @@ def _notes(sr_path: Path) -> list[str]:
 
 def test_every_series_outcome_is_recorded_shown_and_reported(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     spec = PhantomSpec(
         seed=61, n_slices=12, size=64, patient_name=SENTINEL_NAME, patient_id=SENTINEL_ID
     )
@@ -105,11 +101,9 @@ def test_every_series_outcome_is_recorded_shown_and_reported(
 
 def test_thin_only_study_is_averaged_into_slabs_and_says_so(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     thin = write_study(
         tmp_path / "thin",
         PhantomSpec(

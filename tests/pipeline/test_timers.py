@@ -24,30 +24,23 @@ from dicom_node.pipeline.timers import TIMERS, Timer, TimerStore, next_due, open
 Make = Callable[..., StudyScheduler]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
-def store(url: str) -> Iterator[TimerStore]:
+def store(timers_url: str) -> Iterator[TimerStore]:
     """The test's own view of the table (as another process would see it)."""
-    s = TimerStore(open_engine(url))
+    s = TimerStore(open_engine(timers_url))
     yield s
     s.engine.dispose()
 
 
 @pytest.fixture
-def make(url: str) -> Iterator[Make]:
+def make(timers_url: str) -> Iterator[Make]:
     """Factory of schedulers on the test's database; all shut down at teardown."""
     made: list[StudyScheduler] = []
     ts.reset()
 
     def _make(key: str = "node-a", **kwargs: Any) -> StudyScheduler:
         kwargs.setdefault("quiet_seconds", 60)
-        sched = StudyScheduler(url, runtime_key=key, **kwargs)
+        sched = StudyScheduler(timers_url, runtime_key=key, **kwargs)
         made.append(sched)
         return sched
 

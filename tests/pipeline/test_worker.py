@@ -16,47 +16,28 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import torch
-from nodes import Node, storescu, wait_for
+from nodes import Node, storescu
 from pipeline.support import (
     EXPECTED_PRESENT,
+    FINAL,
     RecordingPacs,
     assert_no_phi,
+    delivered,
     destination,
     phantom,
     study_state,
+    wait_study,
 )
 from pydicom.uid import Comprehensive3DSRStorage, MRImageStorage, SecondaryCaptureImageStorage
 
-from dicom_node.store.index import StudyRow
 from models.labels import LABELS
-
-FINAL = ("done", "failed", "skipped")
-
-
-def wait_study(
-    node: Node, uid: str, check: Callable[[StudyRow], bool], what: str, timeout: float = 60
-) -> StudyRow:
-    def probe() -> StudyRow | None:
-        s = node.study(uid)
-        return s if s is not None and check(s) else None
-
-    return wait_for(probe, timeout, what)  # type: ignore[no-any-return]
-
-
-def delivered(study: StudyRow, generation: int | None = None) -> bool:
-    return any(
-        d.state == "sent" and (generation is None or d.generation == generation)
-        for d in study.deliveries
-    )
 
 
 def test_late_instances_reopen_and_the_new_sr_supersedes_the_old(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     study = phantom(tmp_path / "late", seed=21, n_slices=12)
     files = study.main.files  # inferior to superior
     assert storescu(node.port, files[:11]).returncode == 0
@@ -114,11 +95,9 @@ def _mr_only(out: Path, seed: int) -> Any:
 
 def test_not_eligible_studies_are_skipped_with_a_reason_and_nothing_is_sent(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     chest = phantom(tmp_path / "chest", seed=31, n_slices=10, body_part="CHEST")
     mr_modality = phantom(tmp_path / "mrmod", seed=32, n_slices=10, modality="MR")
     mr_class = _mr_only(tmp_path / "mrclass", seed=33)
@@ -171,11 +150,9 @@ def test_a_site_exclude_rule_skips_the_study_with_the_rule_named(
 
 def test_corrupt_slice_fails_its_study_and_the_node_keeps_serving(
     tmp_path: Path,
-    start_node: Callable[..., Node],
-    pacs_factory: Callable[..., RecordingPacs],
+    node: Node,
+    pacs: RecordingPacs,
 ) -> None:
-    pacs = pacs_factory()
-    node = start_node([destination(pacs.port)])
     broken = phantom(tmp_path / "broken", seed=41, n_slices=10)
     victim = broken.main.files[4]
     ds = pydicom.dcmread(victim)

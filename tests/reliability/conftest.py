@@ -2,8 +2,25 @@
 TLS): end-to-end tests on real processes, seeded and bounded in count and time.
 
 Each topic keeps its helpers in ``<topic>_support.py`` beside its tests; the receive-path
-fixtures are the shared ones from ``node_fixtures``."""
+fixtures, the random-init checkpoint and the recording PACS are the shared ones from
+``node_fixtures``."""
 
-from node_fixtures import orthanc_factory, phantom, start_node, ts_variants
+from node_fixtures import (
+    checkpoint,
+    orthanc_factory,
+    pacs,
+    pacs_factory,
+    phantom,
+    start_node,
+    ts_variants,
+)
 
-__all__ = ["orthanc_factory", "phantom", "start_node", "ts_variants"]
+__all__ = [
+    "checkpoint",
+    "orthanc_factory",
+    "pacs",
+    "pacs_factory",
+    "phantom",
+    "start_node",
+    "ts_variants",
+]

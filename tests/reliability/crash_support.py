@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from nodes import NODE_AET, Orthanc, dataset_bytes
@@ -235,34 +234,3 @@ def pacs_results(orthanc: Orthanc, study_uid: str) -> PacsStudy:
         pydicom.dcmread(io.BytesIO(http_bytes(orthanc.url(f"/instances/{orthanc_id}/file"))))
         for orthanc_id in found
     )
-
-
-def index_rows(index_db: Path) -> list[dict[str, Any]]:
-    """Every study of the index with its state, generation, instance count and deliveries."""
-    import json
-
-    db = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True, timeout=10)
-    try:
-        rows = db.execute(
-            "SELECT s.study_uid, s.state, s.generation, s.result, COUNT(i.sop_uid) "
-            "FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid "
-            "GROUP BY s.study_uid"
-        ).fetchall()
-        deliveries: dict[str, dict[str, tuple[str, int]]] = {}
-        for uid, dest, state, gen in db.execute(
-            "SELECT study_uid, destination, state, generation FROM deliveries"
-        ):
-            deliveries.setdefault(uid, {})[dest] = (state, int(gen))
-    finally:
-        db.close()
-    return [
-        {
-            "study_uid": r[0],
-            "state": r[1],
-            "generation": int(r[2]),
-            "result": json.loads(r[3]) if r[3] else None,
-            "instances": int(r[4]),
-            "deliveries": deliveries.get(r[0], {}),
-        }
-        for r in rows
-    ]

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodes import PEER_ENV, Orthanc, ServeProcess, terminate, wait_for
-from pipeline.support import running_orthanc
+from nodes import PEER_ENV, Orthanc, ServeProcess, running_orthanc, terminate, wait_for
 
 STORESCP = "/usr/bin/storescp"
 

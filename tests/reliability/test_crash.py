@@ -36,21 +36,20 @@ from typing import Any
 
 import pytest
 import yaml
-from nodes import PEER_ENV, ServeProcess, storescu, wait_for
+from nodes import PEER_ENV, ServeProcess, running_orthanc, storescu, wait_for
 from peers import dciodvfy_errors, free_port
 from pipeline.support import (
     destination,
-    make_checkpoint,
+    index_rows,
     phantom,
     pipeline_config,
-    running_orthanc,
+    random_checkpoint,
     start_pacs,
 )
 from reliability.crash_support import (
     PacsStudy,
     ResendingSender,
     drop_unflushed,
-    index_rows,
     lost_instances,
     pacs_results,
 )
@@ -67,9 +66,18 @@ SLICES = 10
 
 @pytest.fixture(scope="module")
 def crash_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("crash-model") / "random-r18-96.pt"
-    make_checkpoint(path, input_size=96)
-    return path
+    return random_checkpoint(tmp_path_factory, input_size=96)
+
+
+def _pacs_delivery(row: dict[str, Any]) -> tuple[str, int]:
+    """The state and generation of a study's delivery to ``pacs`` (``("", 0)``: none)."""
+    d = row["deliveries"].get("pacs")
+    return (d["state"], d["generation"]) if d is not None else ("", 0)
+
+
+def _deliveries(row: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Destination -> the state and generation of its delivery (attempts left out)."""
+    return {dest: (d["state"], d["generation"]) for dest, d in row["deliveries"].items()}
 
 
 class Campaign:
@@ -95,7 +103,7 @@ class Campaign:
         assert self.node.port == self.port
 
     def rows(self) -> list[dict[str, Any]]:
-        return index_rows(self.index_db) if self.index_db.exists() else []
+        return index_rows(self.index_db)
 
     def states(self) -> Counter[str]:
         return Counter(r["state"] for r in self.rows())
@@ -126,7 +134,7 @@ class Campaign:
                 if r["state"] == "processing"
             )
             return "build/save" if built else "inference"
-        pending = any(d[0] == "pending" for r in rows for d in r["deliveries"].values())
+        pending = any(d["state"] == "pending" for r in rows for d in r["deliveries"].values())
         if pending:
             return "export"
         if in_flight:
@@ -150,7 +158,7 @@ class Campaign:
 
     def delivering(self) -> bool:
         return any(
-            r["state"] == "done" and any(d[0] == "pending" for d in r["deliveries"].values())
+            r["state"] == "done" and any(d["state"] == "pending" for d in r["deliveries"].values())
             for r in self.rows()
         )
 
@@ -238,8 +246,7 @@ def test_kill9_campaign_loses_nothing_and_delivers_once(
                 ended = [r for r in rows.values() if r["state"] in ("failed", "skipped")]
                 assert not ended, f"a study ended without a result: {ended}"
                 return set(rows) == uids and all(
-                    r["state"] == "done"
-                    and r["deliveries"].get("pacs", ("", 0)) == ("sent", r["generation"])
+                    r["state"] == "done" and _pacs_delivery(r) == ("sent", r["generation"])
                     for r in rows.values()
                 )
 
@@ -335,7 +342,7 @@ def test_lost_index_refuses_start_and_reindex_recovers_state(
 
         def delivered(uid: str) -> bool:
             r = row(uid)
-            return r is not None and r["deliveries"].get("pacs", ("", 0))[0] == "sent"
+            return r is not None and _pacs_delivery(r)[0] == "sent"
 
         node = ServeProcess(cfg, log)
         try:
@@ -392,7 +399,7 @@ def test_lost_index_refuses_start_and_reindex_recovers_state(
             assert got["state"] == "done"
             assert got["generation"] == before[study.study_uid]["generation"]
             assert got["result"] == before[study.study_uid]["result"]
-            assert got["deliveries"] == before[study.study_uid]["deliveries"]
+            assert _deliveries(got) == _deliveries(before[study.study_uid])
             assert pacs_results(orthanc, study.study_uid) == held_before[study.study_uid]
         # after the reindex one delivery attempt only: the third study's
         assert after_log.count("event=delivery.attempt") == 1, after_log
@@ -431,7 +438,7 @@ def test_result_replaced_twice_while_pacs_down_leaves_one_current(
             r is not None
             and r["state"] == "done"
             and r["generation"] == generation
-            and r["deliveries"].get("pacs", ("", 0)) == (delivery, generation)
+            and _pacs_delivery(r) == (delivery, generation)
         )
 
     node = ServeProcess(cfg, root / "serve.log")

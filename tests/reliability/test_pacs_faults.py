@@ -22,7 +22,6 @@ from peers import free_port
 from pipeline.support import (
     assert_no_phi,
     destination,
-    make_checkpoint,
     phantom,
     pipeline_config,
     study_state,
@@ -38,13 +37,6 @@ from reliability.faults_support import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
 
 
 @pytest.fixture

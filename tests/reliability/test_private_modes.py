@@ -25,7 +25,6 @@ import yaml
 from nodes import ServeProcess, running_nodes, storescu, wait_for
 from pipeline.support import (
     destination,
-    make_checkpoint,
     phantom,
     pipeline_config,
     start_pacs,
@@ -43,13 +42,6 @@ STORAGE = {
     "jobs_db": "db/jobs.sqlite",
     "journal_segment_mb": 1,  # the journal's folder and segments too
 }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
 
 
 @contextmanager

@@ -22,14 +22,7 @@ from typing import Any
 
 import pytest
 from nodes import NODE_AET, Node, running_nodes, wait_for
-from pipeline.support import (
-    RecordingPacs,
-    destination,
-    make_checkpoint,
-    phantom,
-    pipeline_config,
-    start_pacs,
-)
+from pipeline.support import RecordingPacs, destination, phantom, pipeline_config
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -44,20 +37,6 @@ QUIET_S = 2.0
 PDU_DELAY_S = 0.3
 #: The node's maximum PDU: a 64x64 slice (~9 KB) then travels in about 18 PDUs.
 SMALL_PDU = 512
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path: Path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
-
-
-@pytest.fixture
-def pacs() -> Iterator[RecordingPacs]:
-    peer = start_pacs()
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture

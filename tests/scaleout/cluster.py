@@ -9,23 +9,15 @@ query is a plain SELECT) and what came back from a real Orthanc.
 
 from __future__ import annotations
 
-import json
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import yaml
 from nodes import NODE_AET, Orthanc, ServeProcess
-from pipeline.support import destination
-from sqlalchemy.engine import make_url
-
-
-def libpq_url(sqlalchemy_url: str) -> str:
-    """``postgresql+psycopg://...`` as psycopg itself takes it."""
-    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
+from pipeline.support import destination, index_rows
 
 
 @dataclass
@@ -102,29 +94,7 @@ class Cluster:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every study with its state, generation, owner, instance count and deliveries."""
-        with psycopg.connect(libpq_url(self.index_url)) as con:
-            studies = con.execute(
-                "SELECT s.study_uid, s.state, s.generation, s.claimed_by, s.result, "
-                "COUNT(i.sop_uid) FROM studies s "
-                "LEFT JOIN instances i ON i.study_uid = s.study_uid GROUP BY s.study_uid"
-            ).fetchall()
-            deliveries: dict[str, dict[str, dict[str, Any]]] = {}
-            for uid, dest, state, attempts in con.execute(
-                "SELECT study_uid, destination, state, attempts FROM deliveries"
-            ):
-                deliveries.setdefault(uid, {})[dest] = {"state": state, "attempts": attempts}
-        return [
-            {
-                "study_uid": r[0],
-                "state": r[1],
-                "generation": r[2],
-                "claimed_by": r[3],
-                "result": json.loads(r[4]) if r[4] else None,
-                "instances": r[5],
-                "deliveries": deliveries.get(r[0], {}),
-            }
-            for r in studies
-        ]
+        return index_rows(self.index_url)
 
     def states(self) -> Counter[str]:
         return Counter(r["state"] for r in self.rows())

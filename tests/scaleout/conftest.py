@@ -1,4 +1,6 @@
-"""Fixtures of the scale-out tests: a checkpoint, a real Orthanc, a cluster on PostgreSQL."""
+"""Fixtures of the scale-out tests: a slower checkpoint and a cluster on PostgreSQL; the
+input-64 checkpoint (the role tests only load it) and the real Orthanc are the shared ones
+from ``node_fixtures``."""
 
 from __future__ import annotations
 
@@ -6,32 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from node_fixtures import checkpoint, orthanc
 from nodes import Orthanc
-from pipeline.support import make_checkpoint, running_orthanc
+from pipeline.support import random_checkpoint
 from scaleout.cluster import Cluster
+
+__all__ = ["checkpoint", "orthanc"]
 
 
 @pytest.fixture(scope="module")
 def scaleout_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-init weights at input 96: a study takes long enough on CPU to be caught
     in a worker's hands (plumbing, not accuracy)."""
-    path = tmp_path_factory.mktemp("scaleout-model") / "random-r18-96.pt"
-    make_checkpoint(path, input_size=96)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random-init weights at input 64 (the role tests only load them)."""
-    path = tmp_path_factory.mktemp("roles-model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    with running_orthanc(tmp_path / "orthanc") as peer:
-        yield peer
+    return random_checkpoint(tmp_path_factory, input_size=96)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Fixtures for the web server tests: nodes with inference on (random-init checkpoint) or
-receive-only, a recording PACS as their destination, and a scrape helper.
+receive-only; the checkpoint and the recording PACS they send to are the shared ones from
+``node_fixtures``.
 
 Everything is real: the node in this process with uvicorn on a free port, dcmtk
 storescu as the sender, HTTP over loopback (httpx), Prometheus text parsed by
@@ -14,16 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from node_fixtures import checkpoint, pacs, pacs_factory
 from nodes import Node, running_nodes, write_config
-from pipeline.support import RecordingPacs, make_checkpoint, pipeline_config, start_pacs
+from pipeline.support import pipeline_config
 
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init resnet18 checkpoint at input size 64 (plumbing, not accuracy)."""
-    path = tmp_path_factory.mktemp("model") / "random-r18-64.pt"
-    make_checkpoint(path, input_size=64)
-    return path
+__all__ = ["checkpoint", "pacs", "pacs_factory"]
 
 
 @pytest.fixture
@@ -44,10 +40,3 @@ def start_receiver(tmp_path: Path, log_capture: io.StringIO) -> Iterator[Callabl
     """Factory: ``start_receiver(**sections)``, a receive-only node (no model)."""
     with running_nodes(tmp_path / "rx", log_capture, write_config) as start:
         yield start
-
-
-@pytest.fixture
-def pacs() -> Iterator[RecordingPacs]:
-    server = start_pacs(0)
-    yield server
-    server.stop()
