@@ -16,6 +16,9 @@ received again has a new first receive time.
 Building the rows (JSON of the findings and of the series choice, one object per study
 and delivery) then took three quarters of a poll at 10,000 studies; a row whose columns,
 counts and deliveries read exactly as in the last poll is the same row, so it is reused.
+What that holds in memory: 14 MiB for the 10,000 studies of ``bench/worklist_api.py``
+(tracemalloc after one poll), filled by the first poll of a worklist and emptied of
+studies that retention deleted by the next.
 """
 
 from __future__ import annotations
