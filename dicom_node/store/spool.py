@@ -387,6 +387,8 @@ class Spool:
         self._size = index.total_size()
         self._size_read = time.monotonic()
         self._size_refresh_s = size_refresh_s
+        self._size_refreshing = False
+        self._size_thread: threading.Thread | None = None
         self.guard = DiskEpisode()
         # A crash may have left acknowledged instances only in the journal: replay them
         # before anything else looks at the files (reconcile, reindex, the SCP).
@@ -399,23 +401,42 @@ class Spool:
             )  # fmt: skip
 
     def close(self) -> None:
-        """Checkpoint and close the journal (a clean stop leaves nothing to replay)."""
+        """Checkpoint and close the journal (a clean stop leaves nothing to replay), and
+        let a read of the size finish before the index it reads is closed."""
         if self.journal is not None:
             self.journal.close()
+        if self._size_thread is not None:
+            self._size_thread.join()
 
     @property
     def size(self) -> int:
         """Bytes of all indexed instances: this process's running count, which on a shared
         spool is read again from the index every ``size_refresh_s`` (the count of one
-        receiver misses the others' stores and retention)."""
-        if self.shared and time.monotonic() - self._size_read >= self._size_refresh_s:
-            try:
-                total = self.index.total_size()
-            except IndexDBError:
-                return self._size  # the store that follows will say the index is away
-            with self._size_lock:
-                self._size, self._size_read = total, time.monotonic()
+        receiver misses the others' stores and retention). The read runs on a thread of
+        its own: a sum over every instance row (tens of ms at a million) is not added to
+        the C-STORE that happens to find the count stale, which goes by the count it has."""
+        if (
+            self.shared
+            and not self._size_refreshing
+            and time.monotonic() - self._size_read >= self._size_refresh_s
+        ):
+            self._size_refreshing = True
+            self._size_thread = threading.Thread(
+                target=self._refresh_size, name="spool-size", daemon=True
+            )
+            self._size_thread.start()
         return self._size
+
+    def _refresh_size(self) -> None:
+        try:
+            total: int | None = self.index.total_size()
+        except IndexDBError:
+            total = None  # the stores themselves will say the index is away
+        with self._size_lock:
+            if total is not None:
+                self._size = total
+            self._size_read = time.monotonic()
+            self._size_refreshing = False
 
     def path_of(self, ref: InstanceRef) -> Path:
         return self.root / ref.study_uid / ref.series_uid / f"{ref.sop_uid}.dcm"

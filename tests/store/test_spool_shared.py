@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from nodes import wait_for
 
 from dicom_node.store.index import Index
 from dicom_node.store.spool import InstanceRef, Spool, SpoolFull
@@ -30,13 +31,16 @@ def test_each_receiver_sees_the_others_stores_and_purges(tmp_path: Path, postgre
     )
     for n in range(3):  # 30 KiB through receiver A
         a.put(_ref("1.2.826.0.1.3680043.8.498.1", n), b"\0" * (10 * KIB))
-    assert b.size == 30 * KIB  # B stored nothing itself
+    # B stored nothing itself: it learns of A's stores from the index, on its own thread
+    wait_for(lambda: b.size == 30 * KIB, what="B reads A's stores from the index")
     with pytest.raises(SpoolFull, match="max_spool_gb"):
         b.check_space(20 * KIB)
     b.check_space(10 * KIB)
     assert a.purge_study("1.2.826.0.1.3680043.8.498.1") == 30 * KIB  # A's retention
-    assert b.size == 0
+    wait_for(lambda: b.size == 0, what="B reads A's purge from the index")
     b.check_space(40 * KIB)
+    for spool in (a, b):
+        spool.close()
     for idx in indexes:
         idx.close()
 
@@ -55,7 +59,11 @@ def test_the_count_is_read_again_only_after_the_refresh_interval(
     assert a.size == KIB
     assert b.size == 0
     assert alone.size == 0
+    assert not b._size_refreshing  # no read of the index started
+    assert not alone._size_refreshing
     b.put(_ref("1.2.826.0.1.3680043.8.498.2", 2), b"\0" * KIB)
     assert b.size == KIB  # its own store counts at once
+    for spool in (a, b, alone):
+        spool.close()
     idx_a.close()
     idx_b.close()
