@@ -103,26 +103,27 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
+def pinned(argv: list[str], cpus: str) -> list[str]:
+    """``argv`` run on the CPUs ``cpus`` only (``taskset -c``; every thread it starts
+    inherits them), or as it is when ``cpus`` is empty."""
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
+
+
 def send(
-    port: int, aec: str, files: list[Path], parallel: int, extra: tuple[str, ...] = ()
-) -> float:
+    port: int, aec: str, files: list[Path], parallel: int, extra: tuple[str, ...] = (),
+    cpus: str = "",
+) -> float:  # fmt: skip
     """Wall seconds for ``parallel`` storescu processes to send ``files`` between them
-    (``extra``: more storescu options, e.g. its TLS ones)."""
+    (``extra``: more storescu options, e.g. its TLS ones; ``cpus``: see :func:`pinned`)."""
     chunks = [files[i::parallel] for i in range(parallel)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [
-                STORESCU,
-                "-aet",
-                "BENCH",
-                "-aec",
-                aec,
-                *extra,
-                "127.0.0.1",
-                str(port),
-                *map(str, c),
-            ],
+            pinned(
+                [STORESCU, "-aet", "BENCH", "-aec", aec, *extra, "127.0.0.1", str(port)]
+                + [str(f) for f in c],
+                cpus,
+            ),
             env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -159,6 +160,8 @@ class ProcessReceiver(Receiver):
 
     #: seconds :meth:`stop` waits for the process to exit
     stop_timeout = 30.0
+    #: CPUs the process may run on (``taskset -c`` list, e.g. ``"0"``); empty: any
+    cpus = ""
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
@@ -167,7 +170,7 @@ class ProcessReceiver(Receiver):
         """Start ``argv`` (peers' environment, output discarded unless ``popen`` says
         otherwise) and return ``port`` once it is open."""
         options = {"env": ENV, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        self.proc = subprocess.Popen(argv, **(options | popen))
+        self.proc = subprocess.Popen(pinned(argv, self.cpus), **(options | popen))
         wait_port(port)
         return port
 

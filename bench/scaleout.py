@@ -72,8 +72,33 @@ def ingest(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, 
     return run([sqlite_node, pg_node], files, repeat, rotate=True, durable_floor=False)
 
 
-def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dict[str, list[float]]:
-    """One receiver with 4 associations vs two receivers with 4 each, on one database."""
+def server_cpu_s(server: PostgresServer) -> float:
+    """CPU seconds (user + system) the server's processes have used so far: the postmaster
+    and its children (backends, writers), from ``/proc``. Backends of the receivers' pools
+    live as long as the receivers, so two readings taken while they run measure what
+    happened between them."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if postmaster in (pid, ppid):
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def two_receivers(
+    files: list[Path], server: PostgresServer, repeat: int, *, pin: bool = False
+) -> dict[str, list[float]]:
+    """One receiver with 4 associations vs two receivers with 4 each, on one database.
+
+    ``pin``: receiver *i* and its four storescu run on CPU *i* only (``taskset``), so the
+    two receivers do not share a core and the one receiver has a core to itself: the
+    nearest this machine comes to a receiver per machine. PostgreSQL runs on any CPU."""
     rates: dict[str, list[float]] = {}
     for rep in range(repeat):
         for layout in ("one", "two") if rep % 2 == 0 else ("two", "one"):
@@ -84,6 +109,9 @@ def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dic
                     PgNode(server, f"receiver {i}", url=url, spool=spool)
                     for i in range(1 if layout == "one" else 2)
                 ]
+                cpus = [str(i) if pin else "" for i in range(len(nodes))]
+                for node, cpu in zip(nodes, cpus, strict=True):
+                    node.cpus = cpu
                 ports = []
                 for i, node in enumerate(nodes):
                     work = Path(d) / f"r{i}"
@@ -94,17 +122,17 @@ def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dic
 
                 def push(
                     i: int, port: int, shares: list[list[Path]] = shares,
-                    elapsed: list[float] = elapsed,
+                    elapsed: list[float] = elapsed, cpus: list[str] = cpus,
                 ) -> None:  # fmt: skip
-                    elapsed[i] = send(port, "ICHNODE", shares[i], 4)
+                    elapsed[i] = send(port, "ICHNODE", shares[i], 4, cpus=cpus[i])
 
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), server_cpu_s(server)
                 threads = [threading.Thread(target=push, args=(i, p)) for i, p in enumerate(ports)]
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join()
-                dt = time.perf_counter() - t0
+                dt, server_s = time.perf_counter() - t0, server_cpu_s(server) - cpu0
                 got = sum(1 for _ in spool.rglob("*.dcm"))
                 for node in nodes:
                     node.stop()
@@ -112,8 +140,10 @@ def two_receivers(files: list[Path], server: PostgresServer, repeat: int) -> dic
                 raise RuntimeError(f"{layout} receiver(s) stored {got} of {len(files)}")
             rate = len(files) / dt
             rates.setdefault(layout, []).append(rate)
-            print(f"run {rep + 1} {layout} receiver(s) x4 each: {rate:7.1f} images/s",
-                  file=sys.stderr)  # fmt: skip
+            rates.setdefault(f"{layout} server ms/image", []).append(server_s / len(files) * 1e3)
+            where = ", one CPU each" if pin else ""
+            print(f"run {rep + 1} {layout} receiver(s) x4 each{where}: {rate:7.1f} images/s, "
+                  f"PostgreSQL {server_s / dt:.2f} CPUs busy", file=sys.stderr)  # fmt: skip
     return rates
 
 
@@ -202,14 +232,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--studies", type=int, default=400, help="queued studies per claim run")
     ap.add_argument("--data", type=Path, default=REPO / "var" / "bench" / "ingest-data")
-    ap.add_argument("--only", choices=["ingest", "pair", "claims"], action="append")
+    ap.add_argument(
+        "--only", choices=["ingest", "pair", "pinned", "claims"], action="append",
+        help="pinned: the pair with each receiver and its senders on a CPU of their own",
+    )  # fmt: skip
     args = ap.parse_args()
-    parts = args.only or ["ingest", "pair", "claims"]
+    parts = args.only or ["ingest", "pair", "pinned", "claims"]
     (REPO / "var").mkdir(exist_ok=True)
     cmd = "python bench/scaleout.py " + " ".join(sys.argv[1:])
     out: dict[str, object] = {"command": cmd, "cpus": os.cpu_count()}
     with running_postgres() as server:
-        if "ingest" in parts or "pair" in parts:
+        if {"ingest", "pair", "pinned"} & set(parts):
             files = make_data(args.data, args.n)
         if "ingest" in parts:
             r = ingest(files, server, args.repeat)
@@ -220,13 +253,19 @@ def main() -> None:
                 print(f"- ingest x{p}: SQLite {_med(lite):.0f} images/s, PostgreSQL "
                       f"{_med(pg):.0f} images/s, PostgreSQL/SQLite {pg_lite:.3f} "
                       f"(run by run {pairs})")  # fmt: skip
-        if "pair" in parts:
-            r = two_receivers(files, server, args.repeat)
-            out["pair"] = r
+        for part in ("pair", "pinned"):
+            if part not in parts:
+                continue
+            r = two_receivers(files, server, args.repeat, pin=part == "pinned")
+            out[part] = r
             one, two = _med(r["one"]), _med(r["two"])
+            where = " (each receiver and its senders on one CPU)" if part == "pinned" else ""
+            runs = f"runs one {[round(x) for x in r['one']]}, two {[round(x) for x in r['two']]}"
+            runs += "; PostgreSQL CPU ms per image: one {:.2f}, two {:.2f}".format(
+                _med(r["one server ms/image"]), _med(r["two server ms/image"])
+            )
             print(f"- one receiver x4: {one:.0f} images/s; two receivers x4 each: {two:.0f} "
-                  f"images/s; two/one {two / one:.3f} (runs one {[round(x) for x in r['one']]},"
-                  f" two {[round(x) for x in r['two']]})")  # fmt: skip
+                  f"images/s; two/one {two / one:.3f}{where} ({runs})")  # fmt: skip
         if "claims" in parts:
             r = claims(server, args.studies, args.repeat)
             out["claims"] = r
