@@ -9,6 +9,9 @@ one PostgreSQL, and how fast N workers claim and finish queued studies.
 2. **Two receivers on one PostgreSQL**, four associations each (eight storescu processes
    at once, half the files each): aggregate images/s against one receiver taking all the
    files over four associations, in the same run.
+   With ``--only pinned`` the same, receiver *i* and its senders on CPU *i* only
+   (``taskset``): receivers on cores of their own, the nearest a 2-core machine comes to
+   a receiver per machine. Both print the PostgreSQL server's CPU per image (``/proc``).
 3. **Claim throughput**: ``--studies`` queued studies in a PostgreSQL index, then N worker
    processes (N = 1, 2, 4) each claim the oldest queued study
    (:meth:`~dicom_node.store.index.Index.claim_next`, ``FOR UPDATE SKIP LOCKED``) and

@@ -10,7 +10,7 @@ once through ``Index.studies`` (the writer's connection and lock) and once throu
 ``Index.browse`` (the monitoring connection the worklist uses). The first two lines
 compare ``Index.studies`` (every study's counts aggregated over its instances, which is
 what every poll read until the counts were kept) with ``Index.browse`` (counts kept for
-studies that are not receiving, :mod:`dicom_node.store.study_counts`) in the same run.
+studies that are not receiving, :mod:`dicom_node.store.study_listing`) in the same run.
 ``--http N`` times the whole ``GET /api/studies`` (first page of 50, bearer token,
 JSON) through FastAPI's test client N times and prints the median: the issue's figure
 (1,000 studies, median of 20, under 100 ms).

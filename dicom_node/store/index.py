@@ -98,7 +98,7 @@ from dicom_node.store.index_schema import (
 from dicom_node.store.pg_record import PgRecordPath
 from dicom_node.store.private import private_db_file, private_dir
 from dicom_node.store.series_outcome import SeriesOutcome
-from dicom_node.store.study_listing import StudyListing
+from dicom_node.store.study_listing import COUNT_COLUMNS, StudyListing
 
 
 class _NoSchemaError(IndexDamagedError):
@@ -169,7 +169,7 @@ _I = instances.c
 
 
 #: A study row's own columns, in :func:`_study_row`'s order less the four counts
-#: (which go after ``generation``); :mod:`dicom_node.store.study_counts` reads the first six.
+#: (which go after ``generation``); :mod:`dicom_node.store.study_listing` reads the first six.
 _STUDY_COLUMNS: Final = (
     _S.study_uid, _S.state, _S.reason, _S.generation, _S.first_received, _S.last_received,
     _S.state_changed, _S.completed_at, _S.findings, _S.series_choice, _S.claimed_by,
@@ -178,17 +178,9 @@ _STUDY_COLUMNS: Final = (
 
 
 def _study_select() -> sa.Select[Any]:
-    i = instances.c
     return (
-        sa.select(
-            *_STUDY_COLUMNS[:4],
-            sa.func.count(i.sop_uid),
-            sa.func.coalesce(sa.func.sum(i.eligible), 0),
-            sa.func.count(sa.distinct(i.series_uid)),
-            sa.func.coalesce(sa.func.sum(i.size), 0),
-            *_STUDY_COLUMNS[4:],
-        )
-        .select_from(studies.outerjoin(instances, i.study_uid == _S.study_uid))
+        sa.select(*_STUDY_COLUMNS[:4], *COUNT_COLUMNS, *_STUDY_COLUMNS[4:])
+        .select_from(studies.outerjoin(instances, _I.study_uid == _S.study_uid))
         .group_by(_S.study_uid)
     )
 
@@ -243,7 +235,7 @@ class Index:
             self._engine = self._open_postgresql(url, create)
             #: The C-STORE path's two statements, one round trip each (see
             #: :mod:`dicom_node.store.pg_record`).
-            self._pg_path = PgRecordPath(url, self._where)
+            self._pg_path = PgRecordPath(url, self._where, self._stmts.has_instance)
 
     # -- opening ----------------------------------------------------------------------
 
@@ -921,7 +913,7 @@ class Index:
         A listing reads every study row; on SQLite's writer connection it would hold the
         lock every C-STORE commit waits for, on the monitoring one WAL lets both run. The
         counts of studies that are not receiving are kept between polls
-        (:mod:`dicom_node.store.study_counts`): aggregating every instance of 10,000
+        (:mod:`dicom_node.store.study_listing`): aggregating every instance of 10,000
         studies of 300 images took 0.8 s a poll (BENCHMARKS.md, Worklist reads).
         """
         with self._monitor() as conn:

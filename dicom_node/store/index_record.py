@@ -168,12 +168,12 @@ class PgFastRecord:
                 )
             },
         ).cte("upserted")
-        values = [_bp(f"v_{c.name}", c.type) for c in instances.c if c.name != "generation"]
+        given = [c for c in instances.c if c.name != "generation"]  # generation: the study's
         inserted = (
             pg_sql.insert(instances)
             .from_select(
-                [c.name for c in instances.c if c.name != "generation"] + ["generation"],
-                sa.select(*values, touched.c.generation),
+                [c.name for c in given] + ["generation"],
+                sa.select(*(_bp(f"v_{c.name}", c.type) for c in given), touched.c.generation),
             )
             .on_conflict_do_nothing(index_elements=[_I.sop_uid])
             .returning(_I.sop_uid)

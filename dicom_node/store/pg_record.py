@@ -32,13 +32,15 @@ from sqlalchemy.engine import URL
 
 from dicom_node.store.index_record import PgFastRecord
 from dicom_node.store.index_rows import IndexDBError, InstanceRow
-from dicom_node.store.index_schema import instances
 
 
 class PgRecordPath:
     """The pool and the two statements (``where`` names the database in errors)."""
 
-    def __init__(self, url: URL, where: str) -> None:
+    def __init__(self, url: URL, where: str, has_instance: sa.Select[Any]) -> None:
+        """``has_instance``: :attr:`RecordStatements.has_instance
+        <dicom_node.store.index_record.RecordStatements>`, the statement the transaction
+        path and SQLite run too."""
         self._where = where
         self._engine = sa.create_engine(
             url,
@@ -51,8 +53,7 @@ class PgRecordPath:
             connect_args={"connect_timeout": 10, "application_name": "dicom-node"},
         )
         self._record = PgFastRecord(self._engine.dialect)
-        has = sa.select(instances.c.sop_uid).where(instances.c.sop_uid == sa.bindparam("sop"))
-        self._has_sql: str = has.compile(dialect=self._engine.dialect).string
+        self._has_sql: str = has_instance.compile(dialect=self._engine.dialect).string
         self._closed = False
 
     def has_instance(self, sop_uid: str) -> bool:

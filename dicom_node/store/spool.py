@@ -387,7 +387,6 @@ class Spool:
         self._size = index.total_size()
         self._size_read = time.monotonic()
         self._size_refresh_s = size_refresh_s
-        self._size_refreshing = False
         self._size_thread: threading.Thread | None = None
         self.guard = DiskEpisode()
         # A crash may have left acknowledged instances only in the journal: replay them
@@ -415,16 +414,14 @@ class Spool:
         receiver misses the others' stores and retention). The read runs on a thread of
         its own: a sum over every instance row (tens of ms at a million) is not added to
         the C-STORE that happens to find the count stale, which goes by the count it has."""
-        if (
-            self.shared
-            and not self._size_refreshing
-            and time.monotonic() - self._size_read >= self._size_refresh_s
-        ):
-            self._size_refreshing = True
-            self._size_thread = threading.Thread(
-                target=self._refresh_size, name="spool-size", daemon=True
-            )
-            self._size_thread.start()
+        if self.shared and time.monotonic() - self._size_read >= self._size_refresh_s:
+            with self._size_lock:  # one read at a time, started by whoever sees it due
+                running = self._size_thread is not None and self._size_thread.is_alive()
+                if not running and time.monotonic() - self._size_read >= self._size_refresh_s:
+                    self._size_thread = threading.Thread(
+                        target=self._refresh_size, name="spool-size", daemon=True
+                    )
+                    self._size_thread.start()
         return self._size
 
     def _refresh_size(self) -> None:
@@ -436,7 +433,6 @@ class Spool:
             if total is not None:
                 self._size = total
             self._size_read = time.monotonic()
-            self._size_refreshing = False
 
     def path_of(self, ref: InstanceRef) -> Path:
         return self.root / ref.study_uid / ref.series_uid / f"{ref.sop_uid}.dcm"

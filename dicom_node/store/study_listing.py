@@ -40,6 +40,15 @@ CHUNK: Final = 500
 _I = instances.c
 RowT = TypeVar("RowT")
 
+#: :data:`Counts` as aggregates over a study's instance rows (grouped by study): here
+#: and in :meth:`~dicom_node.store.index.Index.studies`, which aggregates every study.
+COUNT_COLUMNS: Final = (
+    sa.func.count(_I.sop_uid),
+    sa.func.coalesce(sa.func.sum(_I.eligible), 0),
+    sa.func.count(sa.distinct(_I.series_uid)),
+    sa.func.coalesce(sa.func.sum(_I.size), 0),
+)
+
 
 class StudyListing(Generic[RowT]):
     """What the polls keep, per study: its columns, counts, deliveries and the row built
@@ -118,13 +127,7 @@ def _aggregate(conn: sa.Connection, study_uids: Iterable[str]) -> dict[str, Coun
     for start in range(0, len(uids), CHUNK):
         chunk = uids[start : start + CHUNK]
         stmt = (
-            sa.select(
-                _I.study_uid,
-                sa.func.count(_I.sop_uid),
-                sa.func.coalesce(sa.func.sum(_I.eligible), 0),
-                sa.func.count(sa.distinct(_I.series_uid)),
-                sa.func.coalesce(sa.func.sum(_I.size), 0),
-            )
+            sa.select(_I.study_uid, *COUNT_COLUMNS)
             .where(_I.study_uid.in_(chunk))
             .group_by(_I.study_uid)
         )

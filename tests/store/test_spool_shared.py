@@ -59,8 +59,8 @@ def test_the_count_is_read_again_only_after_the_refresh_interval(
     assert a.size == KIB
     assert b.size == 0
     assert alone.size == 0
-    assert not b._size_refreshing  # no read of the index started
-    assert not alone._size_refreshing
+    assert b._size_thread is None  # no read of the index started
+    assert alone._size_thread is None
     b.put(_ref("1.2.826.0.1.3680043.8.498.2", 2), b"\0" * KIB)
     assert b.size == KIB  # its own store counts at once
     for spool in (a, b, alone):
